@@ -1,0 +1,204 @@
+"""Finding ``Linear → [middle ops] → Linear`` chains and deciding, with a reason, which may fold.
+
+Safety rules, each with its own rejection message:
+- every tensor inside the chain has exactly one consumer and is not a graph output
+  (nor read from inside a subgraph);
+- both linears share one floating-point dtype and the inner dimensions agree;
+- every middle op is (near) identity or affine;
+- the merged GEMM costs no more than the two it replaces, unless growth is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+from lconnx.constants import FLOAT_TYPES, elem_type_name
+from lconnx.cost import ChainCost
+from lconnx.linear import Linear, Rejection, match_linear
+from lconnx.middle import MIDDLE_OPS, Affine, match_middle
+
+#: Ops that are walked through (and reported as the blocker) so a user learns why
+#: ``Gemm → Relu → Gemm`` did not fold. Anything else ends the search quietly.
+KNOWN_NONLINEAR = frozenset(
+    {"Relu", "Gelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
+     "HardSigmoid", "HardSwish", "Mish", "Clip", "ThresholdedRelu", "Erf", "Abs", "Cast"}
+)
+#: Longest run of middle ops between two linears that is searched.
+MAX_MIDDLE = 6
+
+
+@dataclass
+class GraphFacts:
+    """Names the safety rules need, computed once per graph."""
+
+    inputs: set[str]
+    outputs: set[str]
+    subgraph_refs: set[str]  # outer-scope names read from inside If/Loop/Scan bodies
+
+    @classmethod
+    def of(cls, graph: gs.Graph) -> GraphFacts:
+        return cls(
+            inputs={t.name for t in graph.inputs},
+            outputs={t.name for t in graph.outputs},
+            subgraph_refs=_subgraph_refs(graph),
+        )
+
+
+def _subgraph_refs(graph: gs.Graph) -> set[str]:
+    refs: set[str] = set()
+    stack = [g for node in graph.nodes for g in _node_subgraphs(node)]
+    while stack:
+        sub = stack.pop()
+        for node in sub.nodes:
+            refs.update(t.name for t in node.inputs if t.name)
+            stack.extend(_node_subgraphs(node))
+        refs.update(t.name for t in sub.outputs)
+    return refs
+
+
+def _node_subgraphs(node: gs.Node) -> list[gs.Graph]:
+    found: list[gs.Graph] = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(v for v in value if isinstance(v, gs.Graph))
+    return found
+
+
+@dataclass
+class Chain:
+    """A candidate site: two linears with the middle ops between them."""
+
+    first: Linear
+    middle: list[gs.Node]
+    maps: list[Affine]
+    second: Linear
+    cost: ChainCost
+    dtype: str
+    rejection: str | None = None
+    slope_deviation: float | None = None
+    hidden: list[gs.Tensor] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Stable across rounds: the tensors at the two ends of the junction."""
+        return (self.first.y.name, self.second.x.name)
+
+    @property
+    def nodes(self) -> list[gs.Node]:
+        return [*self.first.nodes, *self.middle, *self.second.nodes]
+
+
+def index_linears(graph: gs.Graph, facts: GraphFacts) -> dict[int, Linear]:
+    """Every linear layer in ``graph``, keyed by ``id`` of its head node."""
+    found: dict[int, Linear] = {}
+    for node in graph.nodes:
+        if node.op in ("Gemm", "MatMul"):
+            match = match_linear(node, facts.inputs, facts.outputs)
+            if isinstance(match, Linear):
+                found[id(node)] = match
+    return found
+
+
+def find_chains(
+    linears: dict[int, Linear], facts: GraphFacts, tolerance: float, allow_growth: bool
+) -> list[Chain]:
+    """All candidate chains starting at each linear, each with its decision."""
+    chains: list[Chain] = []
+    for first in linears.values():
+        for middle, second in _paths(first, linears):
+            chains.append(_decide(first, middle, second, facts, tolerance, allow_growth))
+    return chains
+
+
+def _paths(first: Linear, linears: dict[int, Linear]) -> Iterator[tuple[list[gs.Node], Linear]]:
+    """Middle-op paths from ``first`` to another linear's data input (iterative DFS)."""
+    stack: list[tuple[gs.Tensor, list[gs.Node]]] = [(first.y, [])]
+    while stack:
+        tensor, middle = stack.pop()
+        for consumer in tensor.outputs:
+            if not consumer.inputs or consumer.inputs[0] is not tensor:
+                continue
+            second = linears.get(id(consumer))
+            if second is not None and second is not first:
+                yield middle, second
+            elif len(middle) < MAX_MIDDLE and consumer.outputs and (
+                consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR
+            ):
+                stack.append((consumer.outputs[0], [*middle, consumer]))
+
+
+def _decide(
+    first: Linear,
+    middle: list[gs.Node],
+    second: Linear,
+    facts: GraphFacts,
+    tolerance: float,
+    allow_growth: bool,
+) -> Chain:
+    k, h = first.shape
+    h2, n = second.shape
+    cost = ChainCost(k, h, n, first.bias is not None, second.bias is not None)
+    chain = Chain(first, middle, [], second, cost, elem_type_name(first.elem_type))
+    hidden = [*first.inner, first.y, *(node.outputs[0] for node in middle), *second.inner]
+    chain.hidden = hidden
+    chain.rejection = _first_problem(chain, facts, tolerance, h2)
+    if chain.rejection is None:
+        affine_params = sum(
+            len(node.inputs) - 1 for node in middle if node.op == "BatchNormalization"
+        ) * h
+        chain.cost = ChainCost(k, h, n, cost.bias_in, cost.bias_out, affine_params)
+        if not (cost.profitable or allow_growth):
+            chain.rejection = (
+                f"not profitable: {cost.matrix_before:,} → {cost.matrix_after:,} weights"
+            )
+    return chain
+
+
+def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -> str | None:
+    first, second = chain.first, chain.second
+    if first.elem_type not in FLOAT_TYPES:
+        return f"dtype {elem_type_name(first.elem_type)} is not supported"
+    if second.elem_type != first.elem_type:
+        return (
+            f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
+            f"{elem_type_name(second.elem_type)}"
+        )
+    if second.trans_a:
+        return "second Gemm has transA=1 (it mixes rows)"
+    if first.shape[1] != h2:
+        return f"inner dimensions differ: {first.shape[1]} vs {h2}"
+    for tensor in chain.hidden:
+        problem = _sharing_problem(tensor, facts)
+        if problem:
+            return problem
+    rank = _rank(first)
+    for node in chain.middle:
+        match = match_middle(node, tolerance, facts.inputs, rank)
+        if isinstance(match, Rejection):
+            return match.reason
+        chain.maps.append(match)
+        if match.slope_deviation is not None:
+            chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
+    return None
+
+
+def _sharing_problem(tensor: gs.Tensor, facts: GraphFacts) -> str | None:
+    if tensor.name in facts.outputs:
+        return f"hidden tensor '{tensor.name}' is a graph output"
+    if tensor.name in facts.subgraph_refs:
+        return f"hidden tensor '{tensor.name}' is read inside a subgraph"
+    if len(tensor.outputs) != 1:
+        return f"hidden tensor '{tensor.name}' has {len(tensor.outputs)} consumers"
+    return None
+
+
+def _rank(first: Linear) -> int | None:
+    if first.head.op == "Gemm":
+        return 2
+    shape = first.x.shape
+    return len(shape) if shape is not None else None

@@ -1,0 +1,176 @@
+"""Command-line front end: ``lconnx optimize`` and ``lconnx analyze``.
+
+Library errors become one line on stderr and an exit code; a traceback only with ``--debug``.
+Exit codes: 0 success, 1 bad input or failure, 2 bad usage, 3 verification refused the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from lconnx._version import __version__
+from lconnx.errors import LconnxError, OutputPathError
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one ``lconnx: error:`` line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"lconnx: error: {message}\n")
+        raise SystemExit(USAGE_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lconnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lconnx {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    opt = sub.add_parser("optimize", help="fold collapsible MLP blocks and write a new model")
+    opt.add_argument("input", help="input .onnx model (never modified)")
+    opt.add_argument("output", help="where to write the optimized model")
+    _add_pass_options(opt)
+    opt.add_argument("--report", metavar="R.json", help="write the per-site report as JSON")
+    opt.add_argument("--max-error", type=float, metavar="E",
+                     help="refuse to write if any output's max abs error exceeds E")
+    opt.add_argument("--no-verify", action="store_true",
+                     help="skip the onnxruntime comparison (no onnxruntime needed)")
+    opt.add_argument("--shape", action="append", default=[], metavar="NAME=D,D",
+                     help="input shape for verification (symbolic dims default to 1)")
+    opt.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+
+    ana = sub.add_parser("analyze", help="print what optimize would fold, and why not")
+    ana.add_argument("input", help="input .onnx model")
+    _add_pass_options(ana)
+    ana.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _add_pass_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tolerance", type=_tolerance, default=0.05, metavar="T",
+                        help="max |slope − 1| treated as identity (default 0.05; 0 = exact)")
+    parser.add_argument("--allow-growth", action="store_true",
+                        help="fold even where the merged GEMM is larger (bottlenecks)")
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "optimize":
+            return _optimize(args)
+        return _analyze(args)
+    except LconnxError as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"lconnx: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("lconnx: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line unless asked for more
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"lconnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug)\n"
+        )
+        return 1
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from lconnx.collapse import analyze
+    from lconnx.report import render_table
+
+    report = analyze(args.input, tolerance=args.tolerance, allow_growth=args.allow_growth)
+    if args.json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        _console().print(render_table(report, title=f"lconnx analyze {args.input}"))
+    return 0
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from lconnx.collapse import collapse
+    from lconnx.errors import VerificationError
+    from lconnx.io import external_data_files, load_model, resolve_output_path, save_model
+    from lconnx.report import render_table
+    from lconnx.verify import parse_shapes, random_inputs, verify_models
+
+    try:
+        shapes = parse_shapes(args.shape)
+    except ValueError as exc:
+        raise LconnxError(str(exc)) from exc
+    if args.report and Path(args.report).resolve() in (
+        Path(args.input).resolve(), Path(args.output).resolve()
+    ):
+        raise OutputPathError(f"{args.report}: the report must not overwrite a model file")
+    model, external = load_model(args.input)
+    out = resolve_output_path(args.input, args.output, external_data_files(model))
+    result = collapse(model, tolerance=args.tolerance, allow_growth=args.allow_growth)
+    console = _console()
+    console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
+
+    verification = None
+    if not args.no_verify and result.report.folded:
+        feeds = random_inputs(model, shapes, seed=args.seed)
+        verification = verify_models(model, result.model, feeds)
+        console.print(
+            f"verify (onnxruntime CPU, seed {args.seed}): max abs error "
+            f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
+        )
+        if not verification.finite:
+            raise VerificationError("optimized model produces non-finite outputs; not written")
+        if args.max_error is not None and verification.max_abs > args.max_error:
+            raise VerificationError(
+                f"max abs error {verification.max_abs:.3g} exceeds --max-error "
+                f"{args.max_error:g}; not written"
+            )
+
+    save_model(result.model, out, external=external)
+    if args.report:
+        payload = result.report.to_dict()
+        if verification is not None:
+            payload["verification"] = verification.to_dict()
+        _write_text(Path(args.report), json.dumps(payload, indent=2) + "\n")
+    console.print(f"wrote {out}")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic text write: temp file beside the target, then rename."""
+    import os
+    import tempfile
+
+    if not path.resolve().parent.is_dir():
+        raise OutputPathError(f"{path}: folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The LayerCollapse pass: find chains, decide, fold, repeat until nothing more folds.
+
+Folding is repeated so that a run of k foldable linears ends as one. Each round folds a set of
+non-overlapping chains in graph order; a site skipped in one round may fold in a later one
+(``256→8→256→8`` folds its profitable tail first, then the rest), and the report keeps the last
+decision for each junction.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from lconnx._version import __version__
+from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.errors import UnsupportedModelError
+from lconnx.fold import Names, fold
+from lconnx.io import check_model, load_model
+from lconnx.report import Report, Site
+from lconnx.shapes import annotate, inferred_value_info, reinfer
+
+DEFAULT_TOLERANCE = 0.05
+#: Each round at least halves a run of foldable linears, so this bounds any real graph.
+MAX_ROUNDS = 64
+
+
+@dataclass
+class CollapseResult:
+    """The optimized model, the report, and whether the input used external data."""
+
+    model: onnx.ModelProto
+    report: Report
+    external_data: bool = False
+
+
+def collapse(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    allow_growth: bool = False,
+    check: bool = True,
+) -> CollapseResult:
+    """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified."""
+    if tolerance < 0 or not np.isfinite(tolerance):
+        raise ValueError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
+    external = False
+    if not isinstance(model, onnx.ModelProto):
+        model, external = load_model(model)
+    report = Report(tolerance=tolerance, allow_growth=allow_growth)
+    report.params_before = parameter_count(model)
+    report.nodes_before = len(model.graph.node)
+
+    graph = _import(model)
+    sites = _run_rounds(graph, tolerance, allow_growth)
+    report.sites = list(sites.values())
+
+    if report.folded == 0:
+        result = model  # untouched: keeps the pass idempotent byte for byte
+    else:
+        result = _export(graph, model, report)
+        if check:
+            check_model(result)
+    report.params_after = parameter_count(result)
+    report.nodes_after = len(result.graph.node)
+    return CollapseResult(result, report, external)
+
+
+def analyze(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    allow_growth: bool = False,
+) -> Report:
+    """The decisions ``collapse`` would take, without producing a model to save."""
+    return collapse(model, tolerance=tolerance, allow_growth=allow_growth, check=False).report
+
+
+def _import(model: onnx.ModelProto) -> gs.Graph:
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
+        raise UnsupportedModelError(f"cannot import graph: {exc}") from exc
+    annotate(graph, inferred_value_info(model))
+    return graph
+
+
+def _run_rounds(graph: gs.Graph, tolerance: float, allow_growth: bool) -> dict[tuple, Site]:
+    facts = GraphFacts.of(graph)
+    names = Names.of(graph)
+    sites: dict[tuple[str, str], Site] = {}
+    for _ in range(MAX_ROUNDS):
+        linears = index_linears(graph, facts)
+        chains = find_chains(linears, facts, tolerance, allow_growth)
+        for chain in chains:
+            sites[chain.key] = _site(chain, folded=False)
+        batch = _non_overlapping([c for c in chains if c.rejection is None])
+        if not batch:
+            break
+        anchors: dict[int, list[gs.Node]] = {}
+        dropped: set[int] = set()
+        for chain in batch:
+            anchor = chain.second.nodes[-1]
+            sites[chain.key] = _site(chain, folded=True)
+            new, removed = fold(chain, names, facts.outputs)
+            anchors[id(anchor)] = new
+            dropped.update(id(n) for n in removed)
+        graph.nodes = _splice(graph.nodes, anchors, dropped)
+    return sites
+
+
+def _non_overlapping(chains: list[Chain]) -> list[Chain]:
+    """Chains in graph order such that no linear takes part in two folds of one round."""
+    used: set[int] = set()
+    batch = []
+    for chain in chains:
+        ends = {id(chain.first.head), id(chain.second.head)}
+        if ends & used:
+            continue
+        used |= ends
+        batch.append(chain)
+    return batch
+
+
+def _splice(nodes: list[gs.Node], anchors: dict[int, list[gs.Node]], dropped: set[int]) -> list:
+    """New node list: each folded chain's nodes replaced, in place, by its fused linear."""
+    out: list[gs.Node] = []
+    for node in nodes:
+        key = id(node)
+        if key in anchors:
+            out.extend(anchors[key])
+        elif key not in dropped:
+            out.append(node)
+    return out
+
+
+def _site(chain: Chain, folded: bool) -> Site:
+    cost = chain.cost
+    if folded:
+        reason = "folded"
+    elif chain.rejection is None:
+        reason = "foldable"
+    else:
+        reason = chain.rejection
+    return Site(
+        nodes=[n.name for n in chain.nodes],
+        ops=[n.op for n in chain.nodes],
+        d_in=cost.d_in,
+        hidden=cost.hidden,
+        d_out=cost.d_out,
+        dtype=chain.dtype,
+        folded=folded,
+        reason=reason,
+        slope_deviation=chain.slope_deviation,
+        weights_before=cost.weights_before,
+        weights_after=cost.weights_after if folded or chain.rejection is None else 0,
+        flops_before=cost.flops_before,
+        flops_after=cost.flops_after if folded or chain.rejection is None else 0,
+    )
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.ModelProto:
+    """Export and restore everything the graph round trip should not change."""
+    result = gs.export_onnx(graph, do_type_check=False)
+    result.ir_version = original.ir_version
+    del result.opset_import[:]
+    result.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(result, field, getattr(original, field))
+    result.graph.name = original.graph.name
+    result.graph.doc_string = original.graph.doc_string
+    del result.metadata_props[:]
+    provenance = {
+        "lconnx.version": __version__,
+        "lconnx.sites_folded": str(report.folded),
+        "lconnx.tolerance": f"{report.tolerance:g}",
+    }
+    for prop in original.metadata_props:
+        if prop.key not in provenance:
+            result.metadata_props.add(key=prop.key, value=prop.value)
+    for key, value in provenance.items():
+        result.metadata_props.add(key=key, value=value)
+    reinfer(result)
+    return result
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    """Elements in initializers and Constant-node tensors of the main graph."""
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    total += int(np.prod(attr.t.dims))
+    return total

@@ -1,0 +1,35 @@
+"""Typed errors: library code raises these, only the CLI turns them into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class LconnxError(Exception):
+    """Base class for every error lconnx raises on purpose."""
+
+    exit_code = 1
+
+
+class ModelLoadError(LconnxError):
+    """The input is missing, empty, truncated, not ONNX, or an invalid graph."""
+
+
+class UnsafeExternalDataError(ModelLoadError):
+    """An external-data location points outside the model's folder."""
+
+
+class UnsupportedModelError(LconnxError):
+    """The model is valid ONNX but uses something lconnx cannot handle."""
+
+
+class OutputPathError(LconnxError):
+    """The output path is unusable (equal to the input, or its folder is missing)."""
+
+
+class VerificationError(LconnxError):
+    """The optimized model disagrees with the original beyond the allowed bound."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(LconnxError):
+    """An optional dependency (onnxruntime) is needed for this operation."""

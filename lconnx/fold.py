@@ -1,0 +1,119 @@
+"""The fold: multiply the chain into one affine map (float64) and rewrite the graph.
+
+``y = ((x·W1 + b1)·s + t)·W2 + b2 = x·(W1·diag(s)·W2) + ((b1·s + t)·W2 + b2)``,
+cast back once to the graph's dtype. 2-D inputs become one ``Gemm``; N-D inputs become
+``MatMul`` + ``Add``. The replaced nodes are detached; their weights disappear from the
+exported graph only if nothing else still reads them (shared weights are never mutated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from lconnx.chains import Chain
+from lconnx.constants import make_constant
+from lconnx.middle import compose
+
+SUFFIX = "/lconnx_fold"
+
+
+@dataclass
+class Names:
+    """Hands out node and tensor names that do not clash with anything in the graph."""
+
+    taken: set[str]
+
+    @classmethod
+    def of(cls, graph: gs.Graph) -> Names:
+        taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+        return cls(taken)
+
+    def fresh(self, wanted: str) -> str:
+        name, i = wanted, 1
+        while name in self.taken:
+            name = f"{wanted}_{i}"
+            i += 1
+        self.taken.add(name)
+        return name
+
+
+def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
+    """(W, b) of the whole chain in float64, ``W`` of shape (d_in, d_out)."""
+    w1, w2 = chain.first.weight_matrix(), chain.second.weight_matrix()
+    b1, b2 = chain.first.bias_vector(), chain.second.bias_vector()
+    scale, shift = compose(chain.maps)
+    hidden_width = w1.shape[1]
+    weight = (w1 * scale) @ w2
+    hidden_bias = np.broadcast_to((0.0 if b1 is None else b1) * scale + shift, (hidden_width,))
+    bias: np.ndarray | None = None
+    if b1 is not None or np.any(hidden_bias != 0):
+        bias = hidden_bias @ w2
+    if b2 is not None:
+        bias = b2 if bias is None else bias + b2
+    return weight, bias
+
+
+def fold(
+    chain: Chain, names: Names, graph_outputs: set[str]
+) -> tuple[list[gs.Node], list[gs.Node]]:
+    """Rewrite ``chain`` into one linear. Returns (new nodes, nodes to drop from the graph)."""
+    weight, bias = merged_affine(chain)
+    first, second = chain.first, chain.second
+    elem_type = first.elem_type
+    base = names.fresh(_base_name(first.head.name or first.head.op) + SUFFIX)
+    x, y = first.x, second.y
+
+    removed = chain.nodes
+    for node in removed:
+        node.inputs.clear()
+        node.outputs.clear()
+
+    two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
+    if two_d:
+        inputs = [x, make_constant(names.fresh(f"{base}/weight"), weight.T, elem_type)]
+        if bias is not None:
+            inputs.append(make_constant(names.fresh(f"{base}/bias"), bias, elem_type))
+        attrs = {"transB": 1}
+        if first.trans_a:
+            attrs["transA"] = 1
+        new = [gs.Node("Gemm", name=base, attrs=attrs, inputs=inputs, outputs=[y])]
+    else:
+        w = make_constant(names.fresh(f"{base}/weight"), weight, elem_type)
+        if bias is None:
+            new = [gs.Node("MatMul", name=base, inputs=[x, w], outputs=[y])]
+        else:
+            product = gs.Variable(names.fresh(f"{base}/matmul_output"), dtype=y.dtype)
+            b = make_constant(names.fresh(f"{base}/bias"), bias, elem_type)
+            new = [
+                gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
+                gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b],
+                        outputs=[y]),
+            ]
+    removed.extend(_orphaned_weight_producers(chain, graph_outputs))
+    return new, removed
+
+
+def _base_name(name: str) -> str:
+    while name.endswith(SUFFIX):
+        name = name[: -len(SUFFIX)]
+    return name
+
+
+def _orphaned_weight_producers(chain: Chain, graph_outputs: set[str]) -> list[gs.Node]:
+    """Constant / Transpose nodes that fed only the replaced weights."""
+    orphans: list[gs.Node] = []
+    refs = [chain.first.weight, chain.second.weight, chain.first.bias, chain.second.bias]
+    for ref in refs:
+        if ref is None:
+            continue
+        for node in reversed(ref.via):  # outermost (Transpose) first
+            out = node.outputs[0] if node.outputs else None
+            if out is not None and not out.outputs and out.name not in graph_outputs:
+                node.inputs.clear()
+                node.outputs.clear()
+                orphans.append(node)
+    return orphans
+

@@ -1,0 +1,97 @@
+"""Ops that may sit between two linears, each as the per-feature affine map it applies.
+
+An activation with slope ``a`` (PRelu, LeakyRelu) is treated as the identity when
+``max|a − 1| ≤ tolerance``: that is LayerCollapse's premise. Dropout is the identity at
+inference; BatchNormalization in inference form is ``h·s + t`` on the feature axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from lconnx.constants import const_ref
+from lconnx.linear import Rejection
+
+MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization")
+
+
+@dataclass
+class Affine:
+    """``h ↦ h·scale + shift`` on the last axis; scale/shift are scalars or length-H vectors."""
+
+    scale: np.ndarray | float = 1.0
+    shift: np.ndarray | float = 0.0
+    slope_deviation: float | None = None  # max|a − 1| for activations, None otherwise
+    worst_slope: float | None = None  # the slope value farthest from 1
+
+
+def match_middle(
+    node: gs.Node, tolerance: float, graph_inputs: set[str], hidden_rank: int | None
+) -> Affine | Rejection:
+    """Describe ``node`` as an affine map, or say why it cannot be folded through."""
+    if node.op == "Identity":
+        return Affine()
+    if node.op == "LeakyRelu":
+        return _slope_check(np.array([float(node.attrs.get("alpha", 0.01))]), tolerance)
+    if node.op == "PRelu":
+        slope = const_ref(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
+        if slope is None:
+            return Rejection("PRelu slope is not a constant")
+        return _slope_check(slope.array(), tolerance)
+    if node.op == "Dropout":
+        return _dropout(node, graph_inputs)
+    if node.op == "BatchNormalization":
+        return _batchnorm(node, graph_inputs, hidden_rank)
+    return Rejection(f"{node.op} is not an identity or affine op")
+
+
+def _slope_check(slope: np.ndarray, tolerance: float) -> Affine | Rejection:
+    deviation = np.abs(slope - 1.0)
+    worst = float(slope.reshape(-1)[int(np.argmax(deviation))]) if slope.size else 1.0
+    max_dev = float(deviation.max()) if slope.size else 0.0
+    if not np.isfinite(max_dev) or max_dev > tolerance:
+        return Rejection(f"slope {worst:.4g} beyond tolerance {tolerance:g}")
+    return Affine(slope_deviation=max_dev, worst_slope=worst)
+
+
+def _dropout(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
+    if len(node.outputs) > 1 and node.outputs[1].outputs:
+        return Rejection("Dropout mask output is used")
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        mode = const_ref(node.inputs[2], graph_inputs)
+        if mode is None:
+            return Rejection("Dropout training_mode is not a constant")
+        if bool(mode.array().reshape(-1)[0]):
+            return Rejection("Dropout is in training mode")
+    return Affine()
+
+
+def _batchnorm(node: gs.Node, graph_inputs: set[str], hidden_rank: int | None) -> Affine | Rejection:
+    if node.attrs.get("training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
+        return Rejection("BatchNormalization is in training mode")
+    if hidden_rank is None:
+        return Rejection("BatchNormalization input rank unknown")
+    if hidden_rank != 2:
+        return Rejection(
+            f"BatchNormalization on a rank-{hidden_rank} tensor normalises axis 1, "
+            "not the feature axis"
+        )
+    params = [const_ref(t, graph_inputs) for t in node.inputs[1:5]]
+    if len(params) != 4 or any(p is None for p in params):
+        return Rejection("BatchNormalization parameters are not constants")
+    gamma, beta, mean, var = (p.array().reshape(-1) for p in params)
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + eps)
+    return Affine(scale=scale, shift=beta - mean * scale)
+
+
+def compose(maps: list[Affine]) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """The single affine map (scale, shift) equal to applying ``maps`` in order."""
+    scale: np.ndarray | float = 1.0
+    shift: np.ndarray | float = 0.0
+    for m in maps:
+        scale, shift = scale * m.scale, shift * m.scale + m.shift
+    return scale, shift

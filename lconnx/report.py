@@ -1,0 +1,116 @@
+"""What the pass decided, per candidate site and for the whole model, as data.
+
+Every candidate ends in the report as folded or skipped with its reason, so a user can see why
+a block they expected to collapse did not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Site:
+    """One ``Linear → middle → Linear`` candidate and the decision taken on it."""
+
+    nodes: list[str]  # node names along the chain, first linear to second
+    ops: list[str]  # their op types
+    d_in: int
+    hidden: int
+    d_out: int
+    dtype: str
+    folded: bool
+    reason: str
+    slope_deviation: float | None = None
+    weights_before: int = 0
+    weights_after: int = 0
+    flops_before: int = 0  # per input row
+    flops_after: int = 0
+
+    @property
+    def decision(self) -> str:
+        return "folded" if self.folded else "skipped"
+
+
+@dataclass
+class Report:
+    """The pass's decisions plus model totals."""
+
+    tolerance: float
+    allow_growth: bool
+    sites: list[Site] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+    @property
+    def folded(self) -> int:
+        return sum(s.folded for s in self.sites)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.sites) - self.folded
+
+    @property
+    def flops_saved_per_row(self) -> int:
+        return sum(s.flops_before - s.flops_after for s in self.sites if s.folded)
+
+    def to_dict(self) -> dict[str, Any]:
+        sites = [asdict(s) | {"decision": s.decision} for s in self.sites]
+        return {
+            "tolerance": self.tolerance,
+            "allow_growth": self.allow_growth,
+            "totals": {
+                "sites": len(self.sites),
+                "folded": self.folded,
+                "skipped": self.skipped,
+                "params_before": self.params_before,
+                "params_after": self.params_after,
+                "nodes_before": self.nodes_before,
+                "nodes_after": self.nodes_after,
+                "flops_saved_per_row": self.flops_saved_per_row,
+            },
+            "sites": sites,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def render_table(report: Report, title: str = "lconnx") -> Any:
+    """A rich renderable of the report (imported lazily: rich is only needed to print)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, show_lines=False)
+    for col, justify in [
+        ("#", "right"), ("chain", "left"), ("in→hidden→out", "right"), ("max|a−1|", "right"),
+        ("decision", "left"), ("weights", "right"), ("FLOPs/row", "right"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for i, site in enumerate(report.sites, 1):
+        dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.3g}"
+        decision = Text("folded", style="green") if site.folded else Text(
+            f"skipped: {site.reason}", style="yellow"
+        )
+        table.add_row(
+            str(i),
+            " → ".join(site.ops) + f"\n{site.nodes[0]} … {site.nodes[-1]}",
+            f"{site.d_in}→{site.hidden}→{site.d_out}",
+            dev,
+            decision,
+            f"{site.weights_before:,} → {site.weights_after:,}",
+            f"{site.flops_before:,} → {site.flops_after:,}",
+        )
+    saved = report.params_before - report.params_after
+    pct = 100.0 * saved / report.params_before if report.params_before else 0.0
+    summary = Text(
+        f"{report.folded} of {len(report.sites)} sites folded; parameters "
+        f"{report.params_before:,} → {report.params_after:,} (−{pct:.1f}%); nodes "
+        f"{report.nodes_before:,} → {report.nodes_after:,}"
+    )
+    return Group(table, summary)

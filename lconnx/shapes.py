@@ -1,0 +1,66 @@
+"""Shape inference that never serialises weight bytes.
+
+``onnx.shape_inference`` serialises the whole model, which fails past 2 GB and costs a copy of
+every weight. Shapes need only dims, so large tensor payloads are detached for the call and put
+back afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx.external_data_helper import _get_all_tensors
+
+#: Tensors smaller than this keep their data: shape ops (Reshape, Expand…) read such values.
+_KEEP_BYTES = 4096
+
+
+@contextmanager
+def _weights_detached(model: onnx.ModelProto) -> Iterator[None]:
+    held: list[tuple[onnx.TensorProto, bytes]] = []
+    try:
+        for tensor in _get_all_tensors(model):
+            if len(tensor.raw_data) > _KEEP_BYTES:
+                held.append((tensor, tensor.raw_data))
+                tensor.ClearField("raw_data")
+        yield
+    finally:
+        for tensor, data in held:
+            tensor.raw_data = data
+
+
+def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Value infos for every intermediate tensor onnx can infer; [] when inference fails."""
+    with _weights_detached(model):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+            return []
+    return list(inferred.graph.value_info)
+
+
+def annotate(graph: gs.Graph, infos: list[onnx.ValueInfoProto]) -> None:
+    """Give graphsurgeon variables the dtype and shape that inference found."""
+    by_name = {vi.name: vi for vi in infos}
+    for name, tensor in graph.tensors().items():
+        vi = by_name.get(name)
+        if vi is None or not isinstance(tensor, gs.Variable) or tensor.shape is not None:
+            continue
+        ttype = vi.type.tensor_type
+        if not ttype.HasField("shape"):
+            continue
+        tensor.shape = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in ttype.shape.dim
+        ]
+        if tensor.dtype is None and ttype.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+
+
+def reinfer(model: onnx.ModelProto) -> None:
+    """Drop stale value_info and replace it with freshly inferred shapes (in place)."""
+    model.graph.ClearField("value_info")
+    model.graph.value_info.extend(inferred_value_info(model))
