@@ -23,8 +23,25 @@ from lconnx.middle import MIDDLE_OPS, Affine, match_middle
 #: Ops that are walked through (and reported as the blocker) so a user learns why
 #: ``Gemm → Relu → Gemm`` did not fold. Anything else ends the search quietly.
 KNOWN_NONLINEAR = frozenset(
-    {"Relu", "Gelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-     "HardSigmoid", "HardSwish", "Mish", "Clip", "ThresholdedRelu", "Erf", "Abs", "Cast"}
+    {
+        "Relu",
+        "Gelu",
+        "Sigmoid",
+        "Tanh",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Softplus",
+        "Softsign",
+        "HardSigmoid",
+        "HardSwish",
+        "Mish",
+        "Clip",
+        "ThresholdedRelu",
+        "Erf",
+        "Abs",
+        "Cast",
+    }
 )
 #: Longest run of middle ops between two linears that is searched.
 MAX_MIDDLE = 6
@@ -126,8 +143,10 @@ def _paths(first: Linear, linears: dict[int, Linear]) -> Iterator[tuple[list[gs.
             second = linears.get(id(consumer))
             if second is not None and second is not first:
                 yield middle, second
-            elif len(middle) < MAX_MIDDLE and consumer.outputs and (
-                consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR
+            elif (
+                len(middle) < MAX_MIDDLE
+                and consumer.outputs
+                and (consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR)
             ):
                 stack.append((consumer.outputs[0], [*middle, consumer]))
 
@@ -148,9 +167,9 @@ def _decide(
     chain.hidden = hidden
     chain.rejection = _first_problem(chain, facts, tolerance, h2)
     if chain.rejection is None:
-        affine_params = sum(
-            len(node.inputs) - 1 for node in middle if node.op == "BatchNormalization"
-        ) * h
+        affine_params = (
+            sum(len(node.inputs) - 1 for node in middle if node.op == "BatchNormalization") * h
+        )
         chain.cost = ChainCost(k, h, n, cost.bias_in, cost.bias_out, affine_params)
         if not (cost.profitable or allow_growth):
             chain.rejection = (

@@ -38,12 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("output", help="where to write the optimized model")
     _add_pass_options(opt)
     opt.add_argument("--report", metavar="R.json", help="write the per-site report as JSON")
-    opt.add_argument("--max-error", type=float, metavar="E",
-                     help="refuse to write if any output's max abs error exceeds E")
-    opt.add_argument("--no-verify", action="store_true",
-                     help="skip the onnxruntime comparison (no onnxruntime needed)")
-    opt.add_argument("--shape", action="append", default=[], metavar="NAME=D,D",
-                     help="input shape for verification (symbolic dims default to 1)")
+    opt.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="refuse to write if any output's max abs error exceeds E",
+    )
+    opt.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the onnxruntime comparison (no onnxruntime needed)",
+    )
+    opt.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=D,D",
+        help="input shape for verification (symbolic dims default to 1)",
+    )
     opt.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
 
     ana = sub.add_parser("analyze", help="print what optimize would fold, and why not")
@@ -54,10 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pass_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tolerance", type=_tolerance, default=0.05, metavar="T",
-                        help="max |slope − 1| treated as identity (default 0.05; 0 = exact)")
-    parser.add_argument("--allow-growth", action="store_true",
-                        help="fold even where the merged GEMM is larger (bottlenecks)")
+    parser.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=0.05,
+        metavar="T",
+        help="max |slope − 1| treated as identity (default 0.05; 0 = exact)",
+    )
+    parser.add_argument(
+        "--allow-growth",
+        action="store_true",
+        help="fold even where the merged GEMM is larger (bottlenecks)",
+    )
 
 
 def _tolerance(text: str) -> float:
@@ -120,7 +140,8 @@ def _optimize(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise LconnxError(str(exc)) from exc
     if args.report and Path(args.report).resolve() in (
-        Path(args.input).resolve(), Path(args.output).resolve()
+        Path(args.input).resolve(),
+        Path(args.output).resolve(),
     ):
         raise OutputPathError(f"{args.report}: the report must not overwrite a model file")
     model, external = load_model(args.input)

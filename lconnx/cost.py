@@ -39,9 +39,12 @@ class ChainCost:
 
     @property
     def flops_before(self) -> int:
-        return 2 * self.matrix_before + self.hidden * int(self.bias_in) + self.d_out * int(
-            self.bias_out
-        ) + 2 * self.hidden * int(self.affine_params > 0)
+        return (
+            2 * self.matrix_before
+            + self.hidden * int(self.bias_in)
+            + self.d_out * int(self.bias_out)
+            + 2 * self.hidden * int(self.affine_params > 0)
+        )
 
     @property
     def flops_after(self) -> int:

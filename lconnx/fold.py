@@ -89,8 +89,7 @@ def fold(
             b = make_constant(names.fresh(f"{base}/bias"), bias, elem_type)
             new = [
                 gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
-                gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b],
-                        outputs=[y]),
+                gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b], outputs=[y]),
             ]
     removed.extend(_orphaned_weight_producers(chain, graph_outputs))
     return new, removed
@@ -116,4 +115,3 @@ def _orphaned_weight_producers(chain: Chain, graph_outputs: set[str]) -> list[gs
                 node.outputs.clear()
                 orphans.append(node)
     return orphans
-

@@ -68,7 +68,9 @@ class Linear:
         return k * n + (n if self.bias is not None else 0)
 
 
-def match_linear(node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]) -> Linear | Rejection:
+def match_linear(
+    node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]
+) -> Linear | Rejection:
     """Recognise ``node`` as the head of a linear layer."""
     if node.op == "Gemm":
         return _match_gemm(node, graph_inputs)
@@ -115,8 +117,9 @@ def _match_matmul(
         return Rejection(f"MatMul right operand '{node.inputs[1].name}' is not a constant")
     if len(weight.shape) != 2:
         return Rejection(f"MatMul weight has rank {len(weight.shape)}, expected 2")
-    linear = Linear(nodes=[node], x=node.inputs[0], y=node.outputs[0], weight=weight,
-                    weight_transposed=False)
+    linear = Linear(
+        nodes=[node], x=node.inputs[0], y=node.outputs[0], weight=weight, weight_transposed=False
+    )
     _absorb_bias(linear, graph_inputs, graph_outputs)
     return linear
 

@@ -69,7 +69,9 @@ def _dropout(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
     return Affine()
 
 
-def _batchnorm(node: gs.Node, graph_inputs: set[str], hidden_rank: int | None) -> Affine | Rejection:
+def _batchnorm(
+    node: gs.Node, graph_inputs: set[str], hidden_rank: int | None
+) -> Affine | Rejection:
     if node.attrs.get("training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
         return Rejection("BatchNormalization is in training mode")
     if hidden_rank is None:

@@ -88,14 +88,21 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
 
     table = Table(title=title, show_lines=False)
     for col, justify in [
-        ("#", "right"), ("chain", "left"), ("in→hidden→out", "right"), ("max|a−1|", "right"),
-        ("decision", "left"), ("weights", "right"), ("FLOPs/row", "right"),
+        ("#", "right"),
+        ("chain", "left"),
+        ("in→hidden→out", "right"),
+        ("max|a−1|", "right"),
+        ("decision", "left"),
+        ("weights", "right"),
+        ("FLOPs/row", "right"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, site in enumerate(report.sites, 1):
         dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.3g}"
-        decision = Text("folded", style="green") if site.folded else Text(
-            f"skipped: {site.reason}", style="yellow"
+        decision = (
+            Text("folded", style="green")
+            if site.folded
+            else Text(f"skipped: {site.reason}", style="yellow")
         )
         table.add_row(
             str(i),
