@@ -56,9 +56,11 @@ class GraphFacts:
     subgraph_refs: set[str]  # outer-scope names read from inside If/Loop/Scan bodies
 
     @classmethod
-    def of(cls, graph: gs.Graph) -> GraphFacts:
+    def of(cls, graph: gs.Graph, declared_inputs: set[str]) -> GraphFacts:
+        """``declared_inputs``: the model's graph inputs, including initializers that are also
+        inputs (old IR versions allow callers to override those, so they are not constants)."""
         return cls(
-            inputs={t.name for t in graph.inputs},
+            inputs={t.name for t in graph.inputs} | declared_inputs,
             outputs={t.name for t in graph.outputs},
             subgraph_refs=_subgraph_refs(graph),
         )
@@ -195,6 +197,10 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         problem = _sharing_problem(tensor, facts)
         if problem:
             return problem
+    for node in chain.middle:
+        for extra in node.outputs[1:]:
+            if extra.outputs or extra.name in facts.outputs or extra.name in facts.subgraph_refs:
+                return f"{node.op} output '{extra.name}' is used"
     rank = _rank(first)
     for node in chain.middle:
         match = match_middle(node, tolerance, facts.inputs, rank)

@@ -55,7 +55,8 @@ def collapse(
     report.nodes_before = len(model.graph.node)
 
     graph = _import(model)
-    sites = _run_rounds(graph, tolerance, allow_growth)
+    declared = {vi.name for vi in model.graph.input}
+    sites = _run_rounds(graph, GraphFacts.of(graph, declared), tolerance, allow_growth)
     report.sites = list(sites.values())
 
     if report.folded == 0:
@@ -88,8 +89,9 @@ def _import(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def _run_rounds(graph: gs.Graph, tolerance: float, allow_growth: bool) -> dict[tuple, Site]:
-    facts = GraphFacts.of(graph)
+def _run_rounds(
+    graph: gs.Graph, facts: GraphFacts, tolerance: float, allow_growth: bool
+) -> dict[tuple, Site]:
     names = Names.of(graph)
     sites: dict[tuple[str, str], Site] = {}
     for _ in range(MAX_ROUNDS):
@@ -170,6 +172,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.
     result.opset_import.extend(original.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(result, field, getattr(original, field))
+    _restore_inputs(result, original)
     result.graph.name = original.graph.name
     result.graph.doc_string = original.graph.doc_string
     del result.metadata_props[:]
@@ -185,6 +188,14 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.
         result.metadata_props.add(key=key, value=value)
     reinfer(result)
     return result
+
+
+def _restore_inputs(result: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Keep the original input list: graphsurgeon drops initializers declared as inputs."""
+    present = {vi.name for vi in result.graph.input} | {t.name for t in result.graph.initializer}
+    inputs = [vi for vi in original.graph.input if vi.name in present]
+    del result.graph.input[:]
+    result.graph.input.extend(inputs)
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

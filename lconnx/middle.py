@@ -58,8 +58,6 @@ def _slope_check(slope: np.ndarray, tolerance: float) -> Affine | Rejection:
 
 
 def _dropout(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
-    if len(node.outputs) > 1 and node.outputs[1].outputs:
-        return Rejection("Dropout mask output is used")
     if len(node.inputs) > 2 and node.inputs[2].name:
         mode = const_ref(node.inputs[2], graph_inputs)
         if mode is None:
