@@ -111,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _console():
+    """Terminal width on a tty; a wide fixed width when piped, so logs do not wrap."""
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _analyze(args: argparse.Namespace) -> int:

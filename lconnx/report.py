@@ -81,38 +81,42 @@ class Report:
 
 
 def render_table(report: Report, title: str = "lconnx") -> Any:
-    """A rich renderable of the report (imported lazily: rich is only needed to print)."""
+    """A rich renderable: one row per site, then each skipped site's reason on its own line
+    (reasons are long; a table column would wrap them unreadably)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, show_lines=False)
-    for col, justify in [
-        ("#", "right"),
-        ("chain", "left"),
-        ("in→hidden→out", "right"),
-        ("max|a−1|", "right"),
-        ("decision", "left"),
-        ("weights", "right"),
-        ("FLOPs/row", "right"),
-    ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = Table(title=title)
+    for col in (
+        "#",
+        "first node",
+        "chain",
+        "in→hidden→out",
+        "max|a−1|",
+        "decision",
+        "weights",
+        "FLOPs/row",
+    ):
+        table.add_column(col, justify="left" if col in ("first node", "chain") else "right")
+    reasons = []
     for i, site in enumerate(report.sites, 1):
         dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.3g}"
-        decision = (
-            Text("folded", style="green")
-            if site.folded
-            else Text(f"skipped: {site.reason}", style="yellow")
-        )
+        style = "green" if site.folded else "yellow"
+        after_w = f"{site.weights_after:,}" if site.weights_after else "-"
+        after_f = f"{site.flops_after:,}" if site.flops_after else "-"
         table.add_row(
             str(i),
-            " → ".join(site.ops) + f"\n{site.nodes[0]} … {site.nodes[-1]}",
+            site.nodes[0],
+            "·".join(site.ops),
             f"{site.d_in}→{site.hidden}→{site.d_out}",
             dev,
-            decision,
-            f"{site.weights_before:,} → {site.weights_after:,}",
-            f"{site.flops_before:,} → {site.flops_after:,}",
+            Text(site.decision, style=style),
+            f"{site.weights_before:,}→{after_w}",
+            f"{site.flops_before:,}→{after_f}",
         )
+        if not site.folded:
+            reasons.append(Text(f"  #{i} skipped: {site.reason}", style="yellow"))
     saved = report.params_before - report.params_after
     pct = 100.0 * saved / report.params_before if report.params_before else 0.0
     summary = Text(
@@ -120,4 +124,4 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
         f"{report.params_before:,} → {report.params_after:,} (−{pct:.1f}%); nodes "
         f"{report.nodes_before:,} → {report.nodes_after:,}"
     )
-    return Group(table, summary)
+    return Group(table, *reasons, summary)
