@@ -1,0 +1,28 @@
+# Two entry points, both create the virtual environment on first use:
+#   make demo   set up, build an example model, optimize + verify it with lconnx
+#   make test   set up, lint, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+# torch is pinned to the CPU build that installs from this machine's disk (no multi-GB download).
+INSTALL := -e '.[cpu,train,dev]' 'torch==2.13.0'
+
+.PHONY: demo test lint
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(INSTALL)
+	touch $@
+
+demo: $(VENV)/.installed
+	mkdir -p $(OUT)
+	$(PY) models/synthetic.py $(OUT)/example.onnx --blocks 4 --dim 128 --hidden 512 --slope 1.0
+	$(VENV)/bin/lconnx analyze $(OUT)/example.onnx
+	$(VENV)/bin/lconnx optimize $(OUT)/example.onnx $(OUT)/example.opt.onnx \
+		--shape x=2,16,128 --max-error 1e-3 --report $(OUT)/example.report.json
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check lconnx tests benchmarks models
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
