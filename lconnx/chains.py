@@ -19,6 +19,7 @@ from lconnx.constants import FLOAT_TYPES, elem_type_name
 from lconnx.cost import ChainCost
 from lconnx.linear import Linear, Rejection, match_linear
 from lconnx.middle import MIDDLE_OPS, Affine, match_middle
+from lconnx.subgraphs import outer_references
 
 #: Ops that are walked through (and reported as the blocker) so a user learns why
 #: ``Gemm → Relu → Gemm`` did not fold. Anything else ends the search quietly.
@@ -62,30 +63,8 @@ class GraphFacts:
         return cls(
             inputs={t.name for t in graph.inputs} | declared_inputs,
             outputs={t.name for t in graph.outputs},
-            subgraph_refs=_subgraph_refs(graph),
+            subgraph_refs=outer_references(graph),
         )
-
-
-def _subgraph_refs(graph: gs.Graph) -> set[str]:
-    refs: set[str] = set()
-    stack = [g for node in graph.nodes for g in _node_subgraphs(node)]
-    while stack:
-        sub = stack.pop()
-        for node in sub.nodes:
-            refs.update(t.name for t in node.inputs if t.name)
-            stack.extend(_node_subgraphs(node))
-        refs.update(t.name for t in sub.outputs)
-    return refs
-
-
-def _node_subgraphs(node: gs.Node) -> list[gs.Graph]:
-    found: list[gs.Graph] = []
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            found.append(value)
-        elif isinstance(value, list):
-            found.extend(v for v in value if isinstance(v, gs.Graph))
-    return found
 
 
 @dataclass
@@ -201,15 +180,27 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         for extra in node.outputs[1:]:
             if extra.outputs or extra.name in facts.outputs or extra.name in facts.subgraph_refs:
                 return f"{node.op} output '{extra.name}' is used"
-    rank = _rank(first)
+    if any(node.op == "Reshape" for node in chain.middle) and not _same_rows(first, second):
+        return "Reshape between the linears changes the row layout"
     for node in chain.middle:
-        match = match_middle(node, tolerance, facts.inputs, rank)
+        match = match_middle(node, tolerance, facts.inputs, h2)
         if isinstance(match, Rejection):
             return match.reason
         chain.maps.append(match)
         if match.slope_deviation is not None:
             chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
     return None
+
+
+def _same_rows(first: Linear, second: Linear) -> bool:
+    """Whether the fused linear, reading ``first.x``, yields ``second``'s output shape."""
+    a, b = first.x.shape, second.x.shape
+    if a is None or b is None or len(a) != len(b) or first.trans_a:
+        return False
+    if len(a) == 2:
+        return True
+    lead_a, lead_b = list(a[:-1]), list(b[:-1])
+    return None not in lead_a and lead_a == lead_b
 
 
 def _sharing_problem(tensor: gs.Tensor, facts: GraphFacts) -> str | None:
@@ -220,10 +211,3 @@ def _sharing_problem(tensor: gs.Tensor, facts: GraphFacts) -> str | None:
     if len(tensor.outputs) != 1:
         return f"hidden tensor '{tensor.name}' has {len(tensor.outputs)} consumers"
     return None
-
-
-def _rank(first: Linear) -> int | None:
-    if first.head.op == "Gemm":
-        return 2
-    shape = first.x.shape
-    return len(shape) if shape is not None else None

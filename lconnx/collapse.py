@@ -22,6 +22,7 @@ from lconnx.fold import Names, fold
 from lconnx.io import check_model, load_model
 from lconnx.report import Report, Site
 from lconnx.shapes import annotate, inferred_value_info, reinfer
+from lconnx.subgraphs import node_subgraphs
 
 DEFAULT_TOLERANCE = 0.05
 #: Each round at least halves a run of foldable linears, so this bounds any real graph.
@@ -55,8 +56,9 @@ def collapse(
     report.nodes_before = len(model.graph.node)
 
     graph = _import(model)
+    sites: dict[tuple[str, str], Site] = {}
     declared = {vi.name for vi in model.graph.input}
-    sites = _run_rounds(graph, GraphFacts.of(graph, declared), tolerance, allow_growth)
+    _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites)
     report.sites = list(sites.values())
 
     if report.folded == 0:
@@ -89,11 +91,31 @@ def _import(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def _collapse_graph(
+    graph: gs.Graph,
+    declared_inputs: set[str],
+    names: Names,
+    tolerance: float,
+    allow_growth: bool,
+    sites: dict[tuple[str, str], Site],
+) -> None:
+    """Fold ``graph`` and, first, every If / Loop / Scan body inside it, with the same rules."""
+    for node in graph.nodes:
+        for sub in node_subgraphs(node):
+            inputs = {t.name for t in sub.inputs}
+            _collapse_graph(sub, inputs, names, tolerance, allow_growth, sites)
+    facts = GraphFacts.of(graph, declared_inputs)
+    _run_rounds(graph, facts, names, tolerance, allow_growth, sites)
+
+
 def _run_rounds(
-    graph: gs.Graph, facts: GraphFacts, tolerance: float, allow_growth: bool
-) -> dict[tuple, Site]:
-    names = Names.of(graph)
-    sites: dict[tuple[str, str], Site] = {}
+    graph: gs.Graph,
+    facts: GraphFacts,
+    names: Names,
+    tolerance: float,
+    allow_growth: bool,
+    sites: dict[tuple[str, str], Site],
+) -> None:
     for _ in range(MAX_ROUNDS):
         linears = index_linears(graph, facts)
         chains = find_chains(linears, facts, tolerance, allow_growth)
@@ -111,7 +133,6 @@ def _run_rounds(
             anchors[id(anchor)] = new
             dropped.update(id(n) for n in removed)
         graph.nodes = _splice(graph.nodes, anchors, dropped)
-    return sites
 
 
 def _non_overlapping(chains: list[Chain]) -> list[Chain]:

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from lconnx.chains import Chain
 from lconnx.constants import make_constant
 from lconnx.middle import compose
+from lconnx.subgraphs import nested_graphs
 
 SUFFIX = "/lconnx_fold"
 
@@ -28,7 +29,11 @@ class Names:
 
     @classmethod
     def of(cls, graph: gs.Graph) -> Names:
-        taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+        """Names of the graph and every nested subgraph (scopes may not shadow each other)."""
+        taken: set[str] = set()
+        for g in (graph, *nested_graphs(graph)):
+            taken.update(n.name for n in g.nodes)
+            taken.update(g.tensors().keys())
         return cls(taken)
 
     def fresh(self, wanted: str) -> str:

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from lconnx.constants import const_ref
 from lconnx.linear import Rejection
 
-MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization")
+MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization", "Reshape")
 
 
 @dataclass
@@ -29,11 +29,13 @@ class Affine:
 
 
 def match_middle(
-    node: gs.Node, tolerance: float, graph_inputs: set[str], hidden_rank: int | None
+    node: gs.Node, tolerance: float, graph_inputs: set[str], width: int
 ) -> Affine | Rejection:
-    """Describe ``node`` as an affine map, or say why it cannot be folded through."""
+    """Describe ``node`` as an affine map on rows of ``width`` features, or say why not."""
     if node.op == "Identity":
         return Affine()
+    if node.op == "Reshape":
+        return _reshape(node, graph_inputs, width)
     if node.op == "LeakyRelu":
         return _slope_check(np.array([float(node.attrs.get("alpha", 0.01))]), tolerance)
     if node.op == "PRelu":
@@ -44,7 +46,7 @@ def match_middle(
     if node.op == "Dropout":
         return _dropout(node, graph_inputs)
     if node.op == "BatchNormalization":
-        return _batchnorm(node, graph_inputs, hidden_rank)
+        return _batchnorm(node, graph_inputs)
     return Rejection(f"{node.op} is not an identity or affine op")
 
 
@@ -67,11 +69,25 @@ def _dropout(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
     return Affine()
 
 
-def _batchnorm(
-    node: gs.Node, graph_inputs: set[str], hidden_rank: int | None
-) -> Affine | Rejection:
+def _reshape(node: gs.Node, graph_inputs: set[str], width: int) -> Affine | Rejection:
+    """A Reshape that keeps the feature axis (``[B·T, H] ↔ [B, T, H]``, onnxsim's form) only
+    regroups rows, so the row-wise affine algebra is unchanged."""
+    target = const_ref(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
+    last = int(target.array().reshape(-1)[-1]) if target is not None and target.shape else None
+    out_shape = node.outputs[0].shape
+    in_shape = node.inputs[0].shape
+    if last != width and not (out_shape and out_shape[-1] == width):
+        return Rejection("Reshape may change the feature axis")
+    if in_shape is None or not in_shape or in_shape[-1] != width:
+        return Rejection("Reshape input's feature axis is unknown")
+    return Affine()
+
+
+def _batchnorm(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
     if node.attrs.get("training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
         return Rejection("BatchNormalization is in training mode")
+    shape = node.inputs[0].shape
+    hidden_rank = len(shape) if shape is not None else None
     if hidden_rank is None:
         return Rejection("BatchNormalization input rank unknown")
     if hidden_rank != 2:

@@ -14,6 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.external_data_helper import _get_all_tensors
 
+from lconnx.subgraphs import nested_graphs
+
 #: Tensors smaller than this keep their data: shape ops (Reshape, Expand…) read such values.
 _KEEP_BYTES = 4096
 
@@ -39,13 +41,26 @@ def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
             return []
-    return list(inferred.graph.value_info)
+    return _all_value_info(inferred.graph)
+
+
+def _all_value_info(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Value infos of ``graph`` and of every subgraph nested in it."""
+    found = list(graph.value_info) + list(graph.output)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found.extend(_all_value_info(sub))
+    return found
 
 
 def annotate(graph: gs.Graph, infos: list[onnx.ValueInfoProto]) -> None:
-    """Give graphsurgeon variables the dtype and shape that inference found."""
+    """Give graphsurgeon variables (subgraphs included) the dtype and shape inference found."""
     by_name = {vi.name: vi for vi in infos}
-    for name, tensor in graph.tensors().items():
+    tensors = dict(graph.tensors())
+    for sub in nested_graphs(graph):
+        tensors.update(sub.tensors())
+    for name, tensor in tensors.items():
         vi = by_name.get(name)
         if vi is None or not isinstance(tensor, gs.Variable) or tensor.shape is not None:
             continue

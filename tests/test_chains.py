@@ -215,3 +215,86 @@ def test_hidden_read_inside_a_subgraph_is_refused():
     site = _only_site(m)
     assert not site.folded
     assert "'h'" in site.reason
+
+
+def _onnxsim_form(mid_target=(2, 5, 32)):
+    """``Reshape → Gemm → Reshape → PRelu → Reshape → Gemm → Reshape`` as onnxsim writes N-D
+    ``MatMul + Add``."""
+    inits = [
+        init("W1", rand(32, 8)),
+        init("b1", rand(32)),
+        init("W2", rand(8, 32)),
+        init("b2", rand(8)),
+        init("s", np.ones(1, np.float32)),
+        init("to2d_in", np.array([-1, 8], np.int64)),
+        init("to3d_h", np.array(mid_target, np.int64)),
+        init("to2d_h", np.array([-1, 32], np.int64)),
+        init("to3d_out", np.array([2, 5, 8], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "to2d_in"], ["x2"]),
+        helper.make_node("Gemm", ["x2", "W1", "b1"], ["h2"], transB=1, name="fc1"),
+        helper.make_node("Reshape", ["h2", "to3d_h"], ["h3"]),
+        helper.make_node("PRelu", ["h3", "s"], ["a3"]),
+        helper.make_node("Reshape", ["a3", "to2d_h"], ["a2"]),
+        helper.make_node("Gemm", ["a2", "W2", "b2"], ["y2"], transB=1, name="fc2"),
+        helper.make_node("Reshape", ["y2", "to3d_out"], ["y"]),
+    ]
+    return model(nodes, inits, [("x", F, [2, 5, 8])], [("y", F, [2, 5, 8])])
+
+
+def test_onnxsim_reshape_gemm_reshape_form_folds():
+    m = _onnxsim_form()
+    result = lconnx.collapse(m)
+    assert result.report.folded == 1
+    assert [n.op_type for n in result.model.graph.node] == ["Reshape", "Gemm", "Reshape"]
+    x = rand(2, 5, 8)
+    np.testing.assert_allclose(
+        run(result.model, {"x": x})[0], run(m, {"x": x})[0], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_reshape_that_moves_the_feature_axis_is_refused():
+    site = _only_site(_onnxsim_form(mid_target=(10, 2, 16)))
+    assert not site.folded
+    assert site.reason == "Reshape may change the feature axis"
+
+
+def test_chains_inside_if_branches_fold_with_outer_weights():
+    h, d = 32, 8
+    outer = [init("W1", rand(d, h)), init("W2", rand(h, d)), init("s", np.ones(1, np.float32))]
+
+    def branch(name, slope_input):
+        nodes = [
+            helper.make_node("MatMul", ["x", "W1"], [f"{name}_h"], name=f"{name}/fc1"),
+            helper.make_node("PRelu", [f"{name}_h", slope_input], [f"{name}_a"]),
+            helper.make_node("MatMul", [f"{name}_a", "W2"], [f"{name}_y"], name=f"{name}/fc2"),
+        ]
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", F, [3, d])]
+        )
+
+    if_node = helper.make_node(
+        "If",
+        ["cond"],
+        ["y"],
+        then_branch=branch("then", "s"),
+        else_branch=branch("else", "s_far"),
+        name="if",
+    )
+    outer += [init("s_far", np.full(1, 0.2, np.float32))]
+    m = model(
+        [if_node], outer, [("x", F, [3, d]), ("cond", TensorProto.BOOL, [])], [("y", F, [3, d])]
+    )
+    result = lconnx.collapse(m)
+    decisions = {s.nodes[0]: (s.folded, s.reason) for s in result.report.sites}
+    assert decisions == {
+        "then/fc1": (True, "folded"),
+        "else/fc1": (False, "slope 0.2 beyond tolerance 0.05"),
+    }
+    x = rand(3, d)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        np.testing.assert_allclose(
+            run(result.model, feeds)[0], run(m, feeds)[0], rtol=1e-4, atol=1e-4
+        )
