@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
+from lconnx.activations import Composite, find_composite
 from lconnx.constants import FLOAT_TYPES, elem_type_name
 from lconnx.cost import ChainCost
 from lconnx.linear import Linear, Rejection, match_linear
@@ -45,7 +46,7 @@ KNOWN_NONLINEAR = frozenset(
     }
 )
 #: Longest run of middle ops between two linears that is searched.
-MAX_MIDDLE = 6
+MAX_MIDDLE = 16
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Chain:
     rejection: str | None = None
     slope_deviation: float | None = None
     hidden: list[gs.Tensor] = field(default_factory=list)
+    composites: list[Composite] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -108,28 +110,37 @@ def find_chains(
     """All candidate chains starting at each linear, each with its decision."""
     chains: list[Chain] = []
     for first in linears.values():
-        for middle, second in _paths(first, linears):
-            chains.append(_decide(first, middle, second, facts, tolerance, allow_growth))
+        for middle, composites, second in _paths(first, linears, facts):
+            chain = _decide(first, middle, second, facts, tolerance, allow_growth, composites)
+            chains.append(chain)
     return chains
 
 
-def _paths(first: Linear, linears: dict[int, Linear]) -> Iterator[tuple[list[gs.Node], Linear]]:
-    """Middle-op paths from ``first`` to another linear's data input (iterative DFS)."""
-    stack: list[tuple[gs.Tensor, list[gs.Node]]] = [(first.y, [])]
+Path = tuple[list[gs.Node], list[Composite], Linear]
+
+
+def _paths(first: Linear, linears: dict[int, Linear], facts: GraphFacts) -> Iterator[Path]:
+    """Middle-op paths from ``first`` to another linear's data input (iterative DFS).
+
+    Multi-node activations (GELU's Erf form…) are stepped over as one unit so the site is
+    still reported, under the activation's name."""
+    stack: list[tuple[gs.Tensor, list[gs.Node], list[Composite]]] = [(first.y, [], [])]
     while stack:
-        tensor, middle = stack.pop()
+        tensor, middle, composites = stack.pop()
+        if len(middle) >= MAX_MIDDLE:
+            continue
+        composite = find_composite(tensor, facts.inputs, facts.outputs)
+        if composite is not None:
+            stack.append((composite.output, [*middle, *composite.nodes], [*composites, composite]))
+            continue
         for consumer in tensor.outputs:
             if not consumer.inputs or consumer.inputs[0] is not tensor:
                 continue
             second = linears.get(id(consumer))
             if second is not None and second is not first:
-                yield middle, second
-            elif (
-                len(middle) < MAX_MIDDLE
-                and consumer.outputs
-                and (consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR)
-            ):
-                stack.append((consumer.outputs[0], [*middle, consumer]))
+                yield middle, composites, second
+            elif consumer.outputs and (consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR):
+                stack.append((consumer.outputs[0], [*middle, consumer], composites))
 
 
 def _decide(
@@ -139,11 +150,13 @@ def _decide(
     facts: GraphFacts,
     tolerance: float,
     allow_growth: bool,
+    composites: list[Composite],
 ) -> Chain:
     k, h = first.shape
     h2, n = second.shape
     cost = ChainCost(k, h, n, first.bias is not None, second.bias is not None)
     chain = Chain(first, middle, [], second, cost, elem_type_name(first.elem_type))
+    chain.composites = composites
     hidden = [*first.inner, first.y, *(node.outputs[0] for node in middle), *second.inner]
     chain.hidden = hidden
     chain.rejection = _first_problem(chain, facts, tolerance, h2)
@@ -161,6 +174,10 @@ def _decide(
 
 def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -> str | None:
     first, second = chain.first, chain.second
+    if first.problem or second.problem:
+        return first.problem or second.problem
+    if chain.composites:
+        return chain.composites[0].reason
     if first.elem_type not in FLOAT_TYPES:
         return f"dtype {elem_type_name(first.elem_type)} is not supported"
     if second.elem_type != first.elem_type:

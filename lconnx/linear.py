@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from lconnx.constants import ConstRef, const_ref
+from lconnx.constants import ConstRef, InputRef, const_ref, input_ref
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class Linear:
     nodes: list[gs.Node]  # Gemm, or MatMul [+ Add]
     x: gs.Tensor  # the activation input (A of a Gemm, even when transA=1)
     y: gs.Tensor  # the layer's final output
-    weight: ConstRef  # as stored; see weight_matrix() for the x·W view
+    weight: ConstRef | InputRef  # as stored; see weight_matrix() for the x·W view
     weight_transposed: bool  # the stored weight is W^T (Gemm transB=1)
     alpha: float = 1.0
-    bias: ConstRef | None = None
+    bias: ConstRef | InputRef | None = None
     beta: float = 1.0
     trans_a: bool = False  # Gemm transA=1: the layer acts on x^T
     inner: list[gs.Tensor] = field(default_factory=list)  # tensors private to the layer
+    problem: str | None = None  # why this layer can never fold (a runtime weight)
 
     @property
     def head(self) -> gs.Node:
@@ -52,6 +53,7 @@ class Linear:
         return self.weight.elem_type
 
     def weight_matrix(self) -> np.ndarray:
+        assert isinstance(self.weight, ConstRef), self.problem
         w = self.weight.array()
         w = w.T if self.weight_transposed else w
         return w * self.alpha if self.alpha != 1.0 else w
@@ -59,13 +61,9 @@ class Linear:
     def bias_vector(self) -> np.ndarray | None:
         if self.bias is None:
             return None
+        assert isinstance(self.bias, ConstRef), self.problem
         n = self.shape[1]
         return np.broadcast_to(self.bias.array() * self.beta, (1, n)).reshape(n).copy()
-
-    @property
-    def weight_count(self) -> int:
-        k, n = self.shape
-        return k * n + (n if self.bias is not None else 0)
 
 
 def match_linear(
@@ -82,7 +80,7 @@ def match_linear(
 def _match_gemm(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:
     if len(node.inputs) < 2:
         return Rejection("Gemm has fewer than 2 inputs")
-    weight = const_ref(node.inputs[1], graph_inputs)
+    weight = _weight_ref(node.inputs[1], graph_inputs)
     if weight is None:
         return Rejection(f"Gemm weight '{node.inputs[1].name}' is not a constant")
     if len(weight.shape) != 2:
@@ -91,7 +89,7 @@ def _match_gemm(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:
     n = weight.shape[0] if trans_b else weight.shape[1]
     bias, beta = None, float(node.attrs.get("beta", 1.0))
     if len(node.inputs) > 2 and node.inputs[2].name:
-        bias = const_ref(node.inputs[2], graph_inputs)
+        bias = _weight_ref(node.inputs[2], graph_inputs)
         if bias is None:
             return Rejection(f"Gemm bias '{node.inputs[2].name}' is not a constant")
         if not _is_feature_bias(bias.shape, n, max_rank=2):
@@ -106,22 +104,41 @@ def _match_gemm(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:
         bias=bias,
         beta=beta,
         trans_a=bool(node.attrs.get("transA", 0)),
+        problem=_weight_problem(weight) or (_weight_problem(bias) if bias else None),
     )
 
 
 def _match_matmul(
     node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]
 ) -> Linear | Rejection:
-    weight = const_ref(node.inputs[1], graph_inputs)
+    weight = _weight_ref(node.inputs[1], graph_inputs)
     if weight is None:
         return Rejection(f"MatMul right operand '{node.inputs[1].name}' is not a constant")
     if len(weight.shape) != 2:
         return Rejection(f"MatMul weight has rank {len(weight.shape)}, expected 2")
     linear = Linear(
-        nodes=[node], x=node.inputs[0], y=node.outputs[0], weight=weight, weight_transposed=False
+        nodes=[node],
+        x=node.inputs[0],
+        y=node.outputs[0],
+        weight=weight,
+        weight_transposed=False,
+        problem=_weight_problem(weight),
     )
     _absorb_bias(linear, graph_inputs, graph_outputs)
     return linear
+
+
+def _weight_ref(tensor: gs.Tensor, graph_inputs: set[str]) -> ConstRef | InputRef | None:
+    return const_ref(tensor, graph_inputs) or input_ref(tensor, graph_inputs)
+
+
+def _weight_problem(weight: ConstRef | InputRef) -> str | None:
+    if isinstance(weight, InputRef):
+        return (
+            f"weight depends on graph input '{weight.tensor.name}' (set at run time), "
+            "not a constant"
+        )
+    return None
 
 
 def _absorb_bias(linear: Linear, graph_inputs: set[str], graph_outputs: set[str]) -> None:
