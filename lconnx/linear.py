@@ -63,7 +63,7 @@ class Linear:
             return None
         assert isinstance(self.bias, ConstRef), self.problem
         n = self.shape[1]
-        return np.broadcast_to(self.bias.array() * self.beta, (1, n)).reshape(n).copy()
+        return np.broadcast_to((self.bias.array() * self.beta).reshape(-1), (n,)).copy()
 
 
 def match_linear(
