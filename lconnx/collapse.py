@@ -19,7 +19,7 @@ from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.errors import UnsupportedModelError
 from lconnx.fold import Names, fold
-from lconnx.io import check_model, load_model
+from lconnx.io import check_in_memory, load_model
 from lconnx.report import Report, Site
 from lconnx.shapes import annotate, inferred_value_info, reinfer
 from lconnx.subgraphs import node_subgraphs
@@ -36,6 +36,7 @@ class CollapseResult:
     model: onnx.ModelProto
     report: Report
     external_data: bool = False
+    checked: bool = True  # False: too large to check in memory; check it when saving
 
 
 def collapse(
@@ -61,15 +62,16 @@ def collapse(
     _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites)
     report.sites = list(sites.values())
 
+    checked = True
     if report.folded == 0:
         result = model  # untouched: keeps the pass idempotent byte for byte
     else:
         result = _export(graph, model, report)
         if check:
-            check_model(result)
+            checked = check_in_memory(result)
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)
-    return CollapseResult(result, report, external)
+    return CollapseResult(result, report, external, checked)
 
 
 def analyze(

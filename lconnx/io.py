@@ -96,17 +96,13 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
     return model, has_external
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """Validate an in-memory model (full check); large models are checked via a temp file."""
-    if model_data_bytes(model) < PROTO_LIMIT_BYTES:
-        onnx.checker.check_model(model, full_check=True)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "model.onnx"
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(copy, str(target), save_as_external_data=True, location="model.data")
-        onnx.checker.check_model(str(target), full_check=True)
+def check_in_memory(model: onnx.ModelProto) -> bool:
+    """Full onnx.checker check when the model fits in one protobuf; False when it does not
+    (then ``save_model(..., check=True)`` checks the written file, without a second copy)."""
+    if model_data_bytes(model) >= PROTO_LIMIT_BYTES:
+        return False
+    onnx.checker.check_model(model, full_check=True)
+    return True
 
 
 def model_data_bytes(model: onnx.ModelProto) -> int:
@@ -144,11 +140,14 @@ def external_data_name(out_path: Path) -> str:
     return f"{out_path.name}.data"
 
 
-def save_model(model: onnx.ModelProto, out_path: str | os.PathLike[str], external: bool) -> Path:
+def save_model(
+    model: onnx.ModelProto, out_path: str | os.PathLike[str], external: bool, check: bool = False
+) -> Path:
     """Write atomically: everything goes to a temp folder beside OUT, then is renamed into place.
 
-    With ``external`` (or when the model is over 2 GB) weights go to ``OUT.data``. Saving with
-    external data moves tensor bytes out of ``model``; pass a copy if you still need them.
+    With ``external`` (or when the model is over 2 GB) weights go to ``OUT.data``; saving that
+    way moves tensor bytes out of ``model`` (which keeps peak memory low), so pass a copy if you
+    still need them. ``check`` runs onnx.checker (full) on the written file before the rename.
     """
     out = Path(out_path)
     external = external or model_data_bytes(model) >= PROTO_LIMIT_BYTES
@@ -165,10 +164,17 @@ def save_model(model: onnx.ModelProto, out_path: str | os.PathLike[str], externa
                 location=data_name,
                 size_threshold=1024,
             )
-            if (tmp_dir / data_name).exists():
-                os.replace(tmp_dir / data_name, out.parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
+        if check:
+            try:
+                onnx.checker.check_model(str(tmp_model), full_check=True)
+            except onnx.checker.ValidationError as exc:
+                raise ModelLoadError(
+                    f"{out}: result failed onnx.checker, not written: {_first_line(exc)}"
+                ) from exc
+        if (tmp_dir / data_name).exists():
+            os.replace(tmp_dir / data_name, out.parent / data_name)
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -113,3 +113,11 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data", "out.onnx"]
     model, external = load_model(tmp_path / "ext.onnx")
     assert external and model.graph.initializer[0].raw_data
+
+
+def test_checked_save_of_an_invalid_model_writes_nothing(tmp_path):
+    m = mlp_gemm()
+    m.graph.node[1].input[0] = "nowhere"
+    with pytest.raises(ModelLoadError, match="failed onnx.checker, not written"):
+        save_model(m, tmp_path / "bad.onnx", external=True, check=True)
+    assert list(tmp_path.iterdir()) == []
