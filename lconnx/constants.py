@@ -1,13 +1,14 @@
 """Reading constant tensors out of a graphsurgeon graph without losing their ONNX dtype.
 
-A weight can be an initializer, the output of a ``Constant`` node, or ``Transpose`` of either.
+A weight can be an initializer, the output of a ``Constant`` node, or ``Transpose`` /
+``Identity`` of either.
 Shapes are read without touching the data, so decisions stay cheap on multi-GB models; values
 are only materialised (as float64) when a chain is actually folded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -123,6 +124,10 @@ def const_ref(tensor: gs.Tensor, graph_inputs: set[str]) -> ConstRef | None:
         return ConstRef(producer.attrs["value"], via=(producer,))
     if producer.op == "ConstantOfShape" and producer.inputs:
         return _constant_of_shape(producer, graph_inputs)
+    if producer.op == "Identity" and producer.inputs:
+        # TorchScript export writes a parameter equal to another one as Identity(other)
+        inner = const_ref(producer.inputs[0], graph_inputs)
+        return None if inner is None else replace(inner, via=(*inner.via, producer))
     if producer.op == "Transpose" and producer.inputs:
         inner = const_ref(producer.inputs[0], graph_inputs)
         if inner is None or inner.perm is not None:

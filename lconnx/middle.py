@@ -39,15 +39,32 @@ def match_middle(
     if node.op == "LeakyRelu":
         return _slope_check(np.array([float(node.attrs.get("alpha", 0.01))]), tolerance)
     if node.op == "PRelu":
-        slope = const_ref(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
+        slope = _slope_values(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
         if slope is None:
             return Rejection("PRelu slope is not a constant")
-        return _slope_check(slope.array(), tolerance)
+        return _slope_check(slope, tolerance)
     if node.op == "Dropout":
         return _dropout(node, graph_inputs)
     if node.op == "BatchNormalization":
         return _batchnorm(node, graph_inputs)
     return Rejection(f"{node.op} is not an identity or affine op")
+
+
+#: Ops that change a slope tensor's shape but not its values (dynamo's unoptimised export
+#: reshapes the PReLU weight to broadcast it): only the values matter for the slope check.
+_SLOPE_RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand")
+
+
+def _slope_values(tensor: gs.Tensor, graph_inputs: set[str]) -> np.ndarray | None:
+    for _ in range(4):
+        ref = const_ref(tensor, graph_inputs)
+        if ref is not None:
+            return ref.array()
+        producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+        if producer is None or producer.op not in _SLOPE_RESHAPES or not producer.inputs:
+            return None
+        tensor = producer.inputs[0]
+    return None
 
 
 def _slope_check(slope: np.ndarray, tolerance: float) -> Affine | Rejection:
