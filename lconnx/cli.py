@@ -1,4 +1,4 @@
-"""Command-line front end: ``lconnx optimize`` and ``lconnx analyze``.
+"""Command-line front end: ``lconnx optimize``, ``analyze`` and ``verify``.
 
 Library errors become one line on stderr and an exit code; a traceback only with ``--debug``.
 Exit codes: 0 success, 1 bad input or failure, 2 bad usage, 3 verification refused the output.
@@ -57,12 +57,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="input shape for verification (symbolic dims default to 1)",
     )
     opt.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    opt.add_argument(
+        "--data",
+        metavar="D.npz",
+        help="verify on these named input arrays (plus optional 'labels') instead of random ones",
+    )
 
     ana = sub.add_parser("analyze", help="print what optimize would fold, and why not")
     ana.add_argument("input", help="input .onnx model")
     _add_pass_options(ana)
     ana.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ver = sub.add_parser("verify", help="compare two models' outputs (and accuracy) in onnxruntime")
+    ver.add_argument("original", help="reference .onnx model")
+    ver.add_argument("optimized", help=".onnx model to check against it")
+    ver.add_argument(
+        "--data",
+        metavar="D.npz",
+        help="named input arrays, plus an optional 'labels' array of class indices",
+    )
+    ver.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ver.add_argument(
+        "--max-error", type=_non_negative, metavar="E", help="fail if any max abs error exceeds E"
+    )
+    ver.add_argument(
+        "--max-accuracy-drop",
+        type=_non_negative,
+        metavar="P",
+        help="fail if accuracy drops by more than P percentage points (needs labels)",
+    )
+    ver.add_argument(
+        "--label-output",
+        metavar="NAME",
+        help="output whose argmax (last axis) is the prediction (default: the first output)",
+    )
+    _add_shape_option(ver, "random input shape")
+    ver.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    ver.add_argument("--json", action="store_true", help="print the result as JSON")
+
     return parser
+
+
+def _add_shape_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=D,D",
+        help=f"{what} (symbolic dims default to 1)",
+    )
 
 
 def _add_pass_options(parser: argparse.ArgumentParser) -> None:
@@ -87,12 +130,25 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {
+        "optimize": _optimize,
+        "analyze": _analyze,
+        "verify": _verify,
+    }
     try:
-        if args.command == "optimize":
-            return _optimize(args)
-        return _analyze(args)
+        return commands[args.command](args)
     except LconnxError as exc:
         if args.debug:
             traceback.print_exc()
@@ -134,12 +190,11 @@ def _optimize(args: argparse.Namespace) -> int:
     from lconnx.errors import VerificationError
     from lconnx.io import external_data_files, load_model, resolve_output_path, save_model
     from lconnx.report import render_table
-    from lconnx.verify import parse_shapes, random_inputs, verify_models
+    from lconnx.verify import load_data, random_inputs, verify_models
 
-    try:
-        shapes = parse_shapes(args.shape)
-    except ValueError as exc:
-        raise LconnxError(str(exc)) from exc
+    shapes = _shapes(args)
+    if args.data and shapes:
+        raise LconnxError("--shape applies to random inputs only; --data fixes the shapes")
     if args.report and Path(args.report).resolve() in (
         Path(args.input).resolve(),
         Path(args.output).resolve(),
@@ -153,12 +208,25 @@ def _optimize(args: argparse.Namespace) -> int:
 
     verification = None
     if not args.no_verify and result.report.folded:
-        feeds = random_inputs(model, shapes, seed=args.seed)
-        verification = verify_models(model, result.model, feeds)
+        labels = None
+        if args.data:
+            feeds, labels = load_data(args.data, model)
+            source = args.data
+        else:
+            feeds, source = random_inputs(model, shapes, seed=args.seed), f"seed {args.seed}"
+        verification = verify_models(model, result.model, feeds, labels=labels)
         console.print(
-            f"verify (onnxruntime CPU, seed {args.seed}): max abs error "
+            f"verify (onnxruntime CPU, {source}): max abs error "
             f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
         )
+        if verification.labels is not None:
+            stats = verification.labels
+            console.print(
+                f"labels ({stats.samples} samples): accuracy original "
+                f"{100 * stats.accuracy_original:.2f}%, optimized "
+                f"{100 * stats.accuracy_optimized:.2f}%; top-1 agreement "
+                f"{100 * stats.agreement:.2f}%"
+            )
         if not verification.finite:
             raise VerificationError("optimized model produces non-finite outputs; not written")
         if args.max_error is not None and verification.max_abs > args.max_error:
@@ -174,6 +242,38 @@ def _optimize(args: argparse.Namespace) -> int:
             payload["verification"] = verification.to_dict()
         _write_text(Path(args.report), json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {out}")
+    return 0
+
+
+def _shapes(args: argparse.Namespace) -> dict[str, list[int]]:
+    from lconnx.verify import parse_shapes
+
+    try:
+        return parse_shapes(args.shape)
+    except ValueError as exc:
+        raise LconnxError(str(exc)) from exc
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lconnx.verify import render_verify, verify
+
+    result = verify(
+        args.original,
+        args.optimized,
+        data=args.data,
+        shapes=_shapes(args),
+        seed=args.seed,
+        provider=args.provider,
+        max_error=args.max_error,
+        max_accuracy_drop=args.max_accuracy_drop,
+        label_output=args.label_output,
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        title = f"lconnx verify {args.original} {args.optimized}"
+        _console().print(render_verify(result, title=title))
+    result.raise_for_failures()
     return 0
 
 
