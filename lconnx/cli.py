@@ -1,4 +1,4 @@
-"""Command-line front end: ``lconnx optimize``, ``analyze`` and ``verify``.
+"""Command-line front end: ``lconnx optimize``, ``analyze``, ``verify`` and ``bench``.
 
 Library errors become one line on stderr and an exit code; a traceback only with ``--debug``.
 Exit codes: 0 success, 1 bad input or failure, 2 bad usage, 3 verification refused the output.
@@ -95,6 +95,42 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     ver.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    ben = sub.add_parser("bench", help="time models in onnxruntime (CPU, CUDA) against the first")
+    ben.add_argument("models", nargs="+", metavar="MODEL", help=".onnx models; the first is base")
+    ben.add_argument("--provider", choices=["cpu", "cuda", "all"], default="cpu")
+    ben.add_argument(
+        "--batch",
+        type=_positive,
+        nargs="+",
+        metavar="N",
+        help="first dim of every input; one timed group per value",
+    )
+    ben.add_argument(
+        "--threads", type=_positive, metavar="N", help="intra-op threads (default: physical cores)"
+    )
+    ben.add_argument("--repeat", type=_positive, default=50, help="timed runs per model")
+    ben.add_argument("--warmup", type=_non_negative_int, default=5, help="untimed runs first")
+    _add_shape_option(ben, "input shape")
+    ben.add_argument(
+        "--opt-level",
+        choices=["disable", "basic", "extended", "layout", "all"],
+        default="all",
+        help="onnxruntime graph optimisation level (default all)",
+    )
+    ben.add_argument(
+        "--spin",
+        action="store_true",
+        help="let idle onnxruntime threads spin (off: interleaved sessions would steal cores)",
+    )
+    ben.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    ben.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
+    ben.add_argument("--markdown", metavar="OUT.md", help="write a Markdown report")
+    ben.add_argument("--plot-dir", metavar="DIR", help="write PNG plots there (needs matplotlib)")
+    ben.add_argument(
+        "--report",
+        metavar="R.json",
+        help="a report from 'lconnx optimize --report': per-site savings in the outputs",
+    )
     return parser
 
 
@@ -140,12 +176,33 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
         "optimize": _optimize,
         "analyze": _analyze,
         "verify": _verify,
+        "bench": _bench,
     }
     try:
         return commands[args.command](args)
@@ -274,6 +331,51 @@ def _verify(args: argparse.Namespace) -> int:
         title = f"lconnx verify {args.original} {args.optimized}"
         _console().print(render_verify(result, title=title))
     result.raise_for_failures()
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lconnx.bench import benchmark, load_collapse_report, render_bench, write_outputs
+
+    shapes = _shapes(args)
+    for target in (args.json, args.markdown):
+        if target is not None:
+            if Path(target).resolve() in {Path(m).resolve() for m in args.models}:
+                raise OutputPathError(f"{target}: would overwrite a model")
+            if not Path(target).resolve().parent.is_dir():
+                raise OutputPathError(f"{target}: folder does not exist")
+    report = load_collapse_report(args.report) if args.report else None
+    if args.plot_dir:
+        from lconnx.plots import require_matplotlib
+
+        require_matplotlib()
+        if Path(args.plot_dir).exists() and not Path(args.plot_dir).is_dir():
+            raise OutputPathError(f"{args.plot_dir}: exists and is not a folder")
+    result = benchmark(
+        args.models,
+        providers=args.provider,
+        batches=args.batch,
+        shapes=shapes,
+        threads=args.threads,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        opt_level=args.opt_level,
+        spinning=args.spin,
+        seed=args.seed,
+        progress=True,
+    )
+    console = _console()
+    console.print(render_bench(result))
+    plots = write_outputs(
+        result,
+        json_path=args.json,
+        markdown_path=args.markdown,
+        plot_dir=args.plot_dir,
+        report=report,
+    )
+    for written in [args.json, args.markdown, *plots.values()]:
+        if written:
+            console.print(f"wrote {written}")
     return 0
 
 

@@ -1,0 +1,772 @@
+"""Latency benchmark of ONNX models with onnxruntime, on CPU and CUDA: ``lconnx bench``.
+
+How a run is measured:
+
+* one onnxruntime session per model and provider, at ORT_ENABLE_ALL unless told otherwise,
+  with a fixed number of intra-op threads (default: the physical cores this process may use),
+  one inter-op thread, and idle-thread spinning off (each session owns a thread pool; spinning
+  workers of the model that just ran would take the cores the next one needs);
+* the same seeded inputs for every model (shapes from the graph, ``shapes`` for symbolic dims,
+  ``batch`` for the first dim);
+* ``warmup`` untimed runs of each model, then ``repeat`` timed runs *interleaved* A B A B …,
+  so that drift of the machine (clock, caches, neighbours) hits every model alike;
+* on CUDA, inputs are copied to the GPU once and outputs are bound on the GPU (I/O binding),
+  and each timed run ends with a synchronisation, so what is timed is the GPU's work and not
+  a host copy;
+* p50 / p90 latency, throughput (samples of the first dim per second at p50), and the speedup
+  over the first model as the median over the paired runs of ``t(first) / t(model)``.
+
+Beside the measured figures stand static ones from the graph: parameters, nodes, file size,
+FLOPs (see :mod:`lconnx.flops` for what is counted) and the FLOP-ideal speedup, the ratio of
+total FLOPs: what the speedup would be if time were proportional to arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lconnx._version import __version__
+from lconnx.errors import LconnxError
+from lconnx.flops import FlopCount, count_flops
+from lconnx.verify import (
+    OPT_LEVELS,
+    PROVIDERS,
+    import_onnxruntime,
+    input_shapes,
+    input_specs,
+    make_session,
+    provider_unavailable,
+    random_inputs,
+)
+
+DEFAULT_REPEAT = 50
+DEFAULT_WARMUP = 5
+
+ModelLike = onnx.ModelProto | str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ModelInfo:
+    """Static figures of one model (FLOPs depend on shapes, so they are per timing)."""
+
+    name: str
+    source: str  # the path, or "in memory"
+    params: int
+    nodes: int
+    size_bytes: int  # the file with its external data; serialized size for in-memory models
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Timing:
+    """Timed runs of one model on one provider with one set of input shapes."""
+
+    model: str
+    provider: str
+    batch: int  # samples per run: the first dim of the first input (1 for a scalar input)
+    input_shapes: dict[str, list[int]]
+    flops: FlopCount
+    latencies_ms: list[float]
+    speedup: float | None = None  # median over paired runs of t(first model) / t(this)
+    ideal_speedup: float | None = None  # FLOPs(first model) / FLOPs(this)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50))
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 90))
+
+    @property
+    def mean_ms(self) -> float:
+        return float(np.mean(self.latencies_ms))
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return 1000.0 * self.batch / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    @property
+    def efficiency(self) -> float | None:
+        """Measured speedup as a fraction of the FLOP-ideal one."""
+        if self.speedup is None or not self.ideal_speedup:
+            return None
+        return self.speedup / self.ideal_speedup
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "batch": self.batch,
+            "input_shapes": self.input_shapes,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "mean_ms": self.mean_ms,
+            "min_ms": float(np.min(self.latencies_ms)),
+            "throughput_per_s": self.throughput,
+            "speedup": self.speedup,
+            "ideal_speedup": self.ideal_speedup,
+            "efficiency": self.efficiency,
+            "flops": self.flops.to_dict(),
+            "latencies_ms": list(self.latencies_ms),
+        }
+
+
+@dataclass
+class Unavailable:
+    """A provider that could not run here, and why."""
+
+    provider: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BenchResult:
+    models: list[ModelInfo]
+    timings: list[Timing] = field(default_factory=list)
+    unavailable: list[Unavailable] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lconnx": __version__,
+            "machine": self.machine,
+            "settings": self.settings,
+            "models": [m.to_dict() for m in self.models],
+            "timings": [t.to_dict() for t in self.timings],
+            "unavailable": [u.to_dict() for u in self.unavailable],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def groups(self) -> list[tuple[str, int, list[Timing]]]:
+        """Timings by (provider, batch), in run order."""
+        out: dict[tuple[str, int], list[Timing]] = {}
+        for t in self.timings:
+            out.setdefault((t.provider, t.batch), []).append(t)
+        return [(p, b, ts) for (p, b), ts in out.items()]
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux topology; else all)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, RAM, OS and library versions: the context of a timing."""
+    ort = import_onnxruntime()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    with suppress(ValueError, OSError, AttributeError):
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    package = "onnxruntime"
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        for candidate in ("onnxruntime-gpu", "onnxruntime"):
+            try:
+                version(candidate)
+                package = candidate
+                break
+            except PackageNotFoundError:
+                continue
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    load = None
+    with suppress(OSError, AttributeError):
+        load = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "cpu": cpu,
+        "logical_cpus": cpus,
+        "physical_cores": physical_cores(),
+        "ram_bytes": ram,
+        "load_average": load,  # 1, 5, 15 min when the benchmark started: others' work counts
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnxruntime_package": package,
+        "onnxruntime_providers": list(ort.get_available_providers()),
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class _Entry:
+    name: str
+    source: ModelLike  # what onnxruntime loads: the path, or the in-memory proto
+    proto: onnx.ModelProto  # for shapes, FLOPs and parameters
+    info: ModelInfo
+
+
+def _load(model: ModelLike, name: str) -> _Entry:
+    from lconnx.collapse import parameter_count
+    from lconnx.io import PROTO_LIMIT_BYTES, external_data_files, load_model, model_data_bytes
+
+    if isinstance(model, onnx.ModelProto):
+        data = model_data_bytes(model)
+        size = model.ByteSize() if data < PROTO_LIMIT_BYTES else data
+        proto, source, where = model, model, "in memory"
+    else:
+        path = Path(model)
+        proto, external = load_model(path)
+        size = path.stat().st_size
+        if external:
+            skeleton = onnx.load(str(path), load_external_data=False)
+            size += sum((path.parent / f).stat().st_size for f in external_data_files(skeleton))
+        source, where = str(path), str(path)
+    info = ModelInfo(name, where, parameter_count(proto), len(proto.graph.node), size)
+    return _Entry(name, source, proto, info)
+
+
+def _names(models: Sequence[ModelLike], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(models):
+            raise ValueError(f"{len(names)} names for {len(models)} models")
+        out = list(names)
+    else:
+        out = []
+        for i, model in enumerate(models):
+            if isinstance(model, onnx.ModelProto):
+                out.append(model.graph.name or f"model{i}")
+            else:
+                out.append(Path(model).stem)
+        for i, model in enumerate(models):
+            if out.count(out[i]) > 1 and not isinstance(model, onnx.ModelProto):
+                out[i] = str(model)
+    for i, name in enumerate(out):  # still equal: number them
+        if out.count(name) > 1:
+            out[i] = f"{name}#{i + 1}"
+    return out
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class _CpuRunner:
+    def __init__(self, session: Any, feeds: dict[str, np.ndarray]) -> None:
+        self.session, self.feeds = session, feeds
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def __call__(self) -> float:
+        start = time.perf_counter_ns()
+        self.session.run(self.outputs, self.feeds)
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+class _CudaRunner:
+    """I/O binding: inputs copied to the GPU once, outputs left there, a sync ends each run."""
+
+    def __init__(self, session: Any, feeds: dict[str, np.ndarray]) -> None:
+        ort = import_onnxruntime()
+        self.session = session
+        self.binding = session.io_binding()
+        self._device_inputs = []
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+            self._device_inputs.append(value)  # keep alive as long as the binding
+            self.binding.bind_ortvalue_input(name, value)
+        for out in session.get_outputs():
+            self.binding.bind_output(out.name, "cuda", 0)
+        self.binding.synchronize_inputs()
+
+    def __call__(self) -> float:
+        start = time.perf_counter_ns()
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+def _runner(session: Any, feeds: dict[str, np.ndarray], provider: str) -> Any:
+    from lconnx.verify import _first_line
+
+    runner = _CudaRunner(session, feeds) if provider == "cuda" else _CpuRunner(session, feeds)
+    try:
+        runner()  # a first run outside any timing: fails here, with a clear message, if at all
+    except Exception as exc:  # onnxruntime raises untyped errors
+        raise LconnxError(f"onnxruntime failed: {_first_line(exc)}") from exc
+    return runner
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich progress display on stderr, or a stand-in that does nothing."""
+    if not enabled:
+        yield _NoProgress()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield progress
+
+
+class _NoProgress:
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def remove_task(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def expand_providers(providers: str | Sequence[str]) -> list[str]:
+    """``"all"`` → every provider lconnx knows; unknown names are refused."""
+    if isinstance(providers, str):
+        providers = [providers]
+    out: list[str] = []
+    for p in providers:
+        for q in PROVIDERS if p == "all" else [p]:
+            if q not in PROVIDERS:
+                raise LconnxError(f"unknown provider '{q}': choose cpu, cuda or all")
+            if q not in out:
+                out.append(q)
+    return out
+
+
+def benchmark(
+    models: Sequence[ModelLike],
+    *,
+    names: Sequence[str] | None = None,
+    providers: str | Sequence[str] = "cpu",
+    batches: Sequence[int] | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    threads: int | None = None,
+    repeat: int = DEFAULT_REPEAT,
+    warmup: int = DEFAULT_WARMUP,
+    opt_level: str = "all",
+    spinning: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> BenchResult:
+    """Time ``models`` (paths or in-memory protos) against each other; the first is the base.
+
+    ``batches``: one timed group per value, each overriding every input's first dim (where
+    symbolic). ``spinning`` is off by default: each session owns a thread pool, and idle
+    workers of the model that just ran would otherwise spin on the cores the next one needs.
+    A provider that cannot run here (CUDA without onnxruntime-gpu or a GPU) ends in
+    ``BenchResult.unavailable`` instead of raising.
+    """
+    if not models:
+        raise LconnxError("no models to benchmark")
+    if repeat < 1 or warmup < 0:
+        raise LconnxError("repeat must be ≥ 1 and warmup ≥ 0")
+    if opt_level not in OPT_LEVELS:
+        raise LconnxError(f"unknown optimisation level '{opt_level}'")
+    if threads is not None and threads < 1:
+        raise LconnxError("threads must be ≥ 1")
+    import_onnxruntime()
+    provider_list = expand_providers(providers)
+    threads = threads or physical_cores()
+    entries = [_load(m, n) for m, n in zip(models, _names(models, names), strict=True)]
+    base = entries[0]
+    base_inputs = sorted(s.name for s in input_specs(base.proto))
+    for entry in entries[1:]:
+        inputs = sorted(s.name for s in input_specs(entry.proto))
+        if inputs != base_inputs:
+            raise LconnxError(
+                f"models take different inputs: '{base.name}' has {', '.join(base_inputs)}, "
+                f"'{entry.name}' has {', '.join(inputs)}"
+            )
+
+    groups = []  # (feeds, shapes, batch, flops per model)
+    for batch in list(batches) if batches else [None]:
+        dims = input_shapes(base.proto, shapes, batch)
+        feeds = random_inputs(base.proto, shapes, seed=seed, batch=batch)
+        first = next(iter(feeds.values()), None)
+        samples = int(first.shape[0]) if first is not None and first.ndim else 1
+        flops = [count_flops(e.proto, dims) for e in entries]
+        groups.append((feeds, dims, samples, flops))
+    for entry in entries:  # onnxruntime reads path models itself; free the weights
+        if not isinstance(entry.source, onnx.ModelProto):
+            entry.proto = onnx.ModelProto()
+
+    result = BenchResult(
+        models=[e.info for e in entries],
+        settings={
+            "providers": provider_list,
+            "opt_level": OPT_LEVELS[opt_level],
+            "intra_op_threads": threads,
+            "inter_op_threads": 1,
+            "spinning": spinning,
+            "warmup": warmup,
+            "repeat": repeat,
+            "order": "interleaved A B A B per repeat",
+            "batches": [g[2] for g in groups],
+            "shapes": shapes or {},
+            "seed": seed,
+        },
+        machine=machine_info(),
+    )
+    with _progress(progress) as bar:
+        for provider in provider_list:
+            reason = provider_unavailable(provider)
+            if reason is not None:
+                result.unavailable.append(Unavailable(provider, reason))
+                continue
+            task = bar.add_task(f"{provider}: sessions", total=len(entries))
+            sessions = []
+            for entry in entries:
+                sessions.append(
+                    make_session(
+                        entry.source,
+                        provider,
+                        opt_level=opt_level,
+                        threads=threads,
+                        spinning=spinning,
+                    )
+                )
+                bar.advance(task)
+            bar.remove_task(task)
+            for group in groups:
+                result.timings.extend(
+                    _time_group(entries, sessions, group, provider, repeat, warmup, bar)
+                )
+            del sessions
+    return result
+
+
+def _time_group(
+    entries: list[_Entry],
+    sessions: list[Any],
+    group: tuple[dict[str, np.ndarray], dict[str, list[int]], int, list[FlopCount]],
+    provider: str,
+    repeat: int,
+    warmup: int,
+    bar: Any,
+) -> list[Timing]:
+    feeds, dims, samples, flops = group
+    label = f"{provider}, batch {samples}"
+    runners = [_runner(s, feeds, provider) for s in sessions]
+    task = bar.add_task(f"{label}: warm-up", total=warmup * len(runners))
+    for _ in range(warmup):
+        for run in runners:
+            run()
+            bar.advance(task)
+    bar.remove_task(task)
+    times: list[list[float]] = [[] for _ in runners]
+    task = bar.add_task(f"{label}: timed runs", total=repeat * len(runners))
+    for _ in range(repeat):
+        for i, run in enumerate(runners):
+            times[i].append(run())
+            bar.advance(task)
+    bar.remove_task(task)
+    base = np.asarray(times[0])
+    out = []
+    for i, entry in enumerate(entries):
+        speedup = float(np.median(base / np.asarray(times[i])))
+        ideal = flops[0].total / flops[i].total if flops[i].total > 0 else None
+        out.append(
+            Timing(
+                model=entry.name,
+                provider=provider,
+                batch=samples,
+                input_shapes=dims,
+                flops=flops[i],
+                latencies_ms=times[i],
+                speedup=speedup,
+                ideal_speedup=ideal,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def load_collapse_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report written by ``lconnx optimize --report``, checked for what the bench uses."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise LconnxError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LconnxError(f"{path}: not a JSON collapse report: {exc}") from exc
+    sites = data.get("sites") if isinstance(data, dict) else None
+    if not isinstance(sites, list) or not all(
+        isinstance(s, dict) and {"nodes", "weights_before", "weights_after"} <= set(s)
+        for s in sites
+    ):
+        raise LconnxError(
+            f"{path}: not a collapse report (expected 'sites' with nodes, weights_before and "
+            "weights_after, as written by lconnx optimize --report)"
+        )
+    return data
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_count(n: float) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    return (
+        f"{machine.get('cpu')}, {machine.get('physical_cores')} physical cores "
+        f"({machine.get('logical_cpus')} logical CPUs), "
+        f"{human_bytes(machine.get('ram_bytes'))} RAM, {machine.get('os')}; Python "
+        f"{machine.get('python')}, {machine.get('onnxruntime_package')} "
+        f"{machine.get('onnxruntime')}; load average at start {machine.get('load_average')}"
+    )
+
+
+def render_bench(result: BenchResult, title: str = "lconnx bench") -> Any:
+    """A rich renderable: models, one latency table per (provider, batch), unavailable ones."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = [Text(machine_line(result.machine), style="dim")]
+    models = Table(title=f"{title}: models")
+    for col in ("model", "parameters", "nodes", "size"):
+        models.add_column(col, justify="left" if col == "model" else "right")
+    for m in result.models:
+        models.add_row(m.name, f"{m.params:,}", f"{m.nodes:,}", human_bytes(m.size_bytes))
+    parts.append(models)
+    s = result.settings
+    for provider, batch, timings in result.groups():
+        table = Table(
+            title=f"{provider.upper()}, batch {batch}: {s.get('opt_level')}, "
+            f"{s.get('intra_op_threads')} threads, {s.get('repeat')} runs interleaved"
+        )
+        for col in (
+            "model",
+            "p50 ms",
+            "p90 ms",
+            "samples/s",
+            "FLOPs",
+            "speedup",
+            "ideal (FLOPs)",
+            "measured/ideal",
+        ):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for t in timings:
+            eff = "-" if t.efficiency is None else f"{t.efficiency:.2f}"
+            table.add_row(
+                t.model,
+                f"{t.p50_ms:.3f}",
+                f"{t.p90_ms:.3f}",
+                f"{t.throughput:,.1f}",
+                human_count(t.flops.total),
+                _ratio(t.speedup),
+                _ratio(t.ideal_speedup),
+                eff,
+            )
+        parts.append(table)
+    for u in result.unavailable:
+        parts.append(Text(f"{u.provider}: not run: {u.reason}", style="yellow"))
+    return Group(*parts)
+
+
+def to_markdown(
+    result: BenchResult,
+    title: str = "lconnx bench",
+    report: dict[str, Any] | None = None,
+    plots: dict[str, str] | None = None,
+) -> str:
+    """The whole result as a Markdown report (plots linked by the paths given)."""
+    s = result.settings
+    lines = [
+        f"# {title}",
+        "",
+        f"- **Machine**: {machine_line(result.machine)}",
+        f"- **Settings**: {s.get('opt_level')}, {s.get('intra_op_threads')} intra-op threads "
+        f"(1 inter-op), idle-thread spinning {'on' if s.get('spinning') else 'off'}, "
+        f"{s.get('warmup')} warm-up runs then "
+        f"{s.get('repeat')} timed runs per model, interleaved A B A B; seeded inputs "
+        f"(seed {s.get('seed')}).",
+        "- **Speedup** is the median over paired runs of t(first model) / t(model); **ideal** is "
+        "FLOPs(first) / FLOPs(model) over the whole graph (MatMul, Gemm, Conv at 2 FLOPs per "
+        "multiply-add, elementwise ops about 1 per element; see `lconnx/flops.py`).",
+        "",
+        "## Models",
+        "",
+        "| model | parameters | nodes | size |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in result.models:
+        lines.append(f"| {m.name} | {m.params:,} | {m.nodes:,} | {human_bytes(m.size_bytes)} |")
+    for provider, batch, timings in result.groups():
+        shapes = ", ".join(
+            f"{k}={'×'.join(map(str, v))}" for k, v in timings[0].input_shapes.items()
+        )
+        lines += [
+            "",
+            f"## {provider.upper()}, batch {batch} ({shapes})",
+            "",
+            "| model | p50 ms | p90 ms | mean ms | samples/s | GFLOPs | speedup | ideal (FLOPs) "
+            "| measured / ideal |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in timings:
+            eff = "-" if t.efficiency is None else f"{t.efficiency:.2f}"
+            lines.append(
+                f"| {t.model} | {t.p50_ms:.3f} | {t.p90_ms:.3f} | {t.mean_ms:.3f} | "
+                f"{t.throughput:,.1f} | {t.flops.total / 1e9:.3f} | {_ratio(t.speedup)} | "
+                f"{_ratio(t.ideal_speedup)} | {eff} |"
+            )
+        for t in timings:
+            if t.flops.uncounted:
+                lines.append(f"\nFLOPs of {t.model} leave out: {'; '.join(t.flops.uncounted)}")
+    if result.unavailable:
+        lines += ["", "## Not run", ""]
+        lines += [f"- **{u.provider}**: {u.reason}" for u in result.unavailable]
+    if report is not None:
+        lines += ["", *_report_markdown(report)]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{kind}]({path})" for kind, path in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _report_markdown(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Collapse report: per-site savings",
+        "",
+        "| # | first node | in→hidden→out | decision | weights before → after | saved |",
+        "|---:|---|---|---|---:|---:|",
+    ]
+    for i, site in enumerate(report.get("sites", []), 1):
+        before, after = site.get("weights_before", 0), site.get("weights_after", 0)
+        folded = site.get("folded", site.get("decision") == "folded")
+        change = f"{before:,} → {after:,} | {before - after:,}" if folded else f"{before:,} → - | -"
+        dims = f"{site.get('d_in')}→{site.get('hidden')}→{site.get('d_out')}"
+        decision = site.get("decision", "folded" if folded else "skipped")
+        lines.append(f"| {i} | `{site['nodes'][0]}` | {dims} | {decision} | {change} |")
+    totals = report.get("totals", {})
+    if totals:
+        lines += [
+            "",
+            f"{totals.get('folded', 0)} of {totals.get('sites', 0)} sites folded; parameters "
+            f"{totals.get('params_before', 0):,} → {totals.get('params_after', 0):,}.",
+        ]
+    return lines
+
+
+def write_outputs(
+    result: BenchResult,
+    *,
+    json_path: str | os.PathLike[str] | None = None,
+    markdown_path: str | os.PathLike[str] | None = None,
+    plot_dir: str | os.PathLike[str] | None = None,
+    report: dict[str, Any] | None = None,
+    title: str = "lconnx bench",
+) -> dict[str, str]:
+    """Write the JSON, Markdown and PNG outputs asked for; returns the plots written."""
+    plots: dict[str, str] = {}
+    if plot_dir is not None:
+        from lconnx.plots import write_plots
+
+        plots = write_plots(result, Path(plot_dir), report=report)
+    if json_path is not None:
+        payload = result.to_dict()
+        payload["plots"] = plots
+        if report is not None:
+            payload["collapse_report"] = report
+        _write(Path(json_path), json.dumps(payload, indent=2) + "\n")
+    if markdown_path is not None:
+        md = Path(markdown_path)
+        links = {k: os.path.relpath(v, md.resolve().parent) for k, v in plots.items()}
+        _write(md, to_markdown(result, title=title, report=report, plots=links))
+    return plots
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomic text write: temp file beside the target, then rename."""
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise LconnxError(f"{path}: folder does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
