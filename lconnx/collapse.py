@@ -118,6 +118,7 @@ def _run_rounds(
     allow_growth: bool,
     sites: dict[tuple[str, str], Site],
 ) -> None:
+    protected = facts.outputs | facts.subgraph_refs
     for _ in range(MAX_ROUNDS):
         linears = index_linears(graph, facts)
         chains = find_chains(linears, facts, tolerance, allow_growth)
@@ -131,7 +132,7 @@ def _run_rounds(
         for chain in batch:
             anchor = chain.second.nodes[-1]
             sites[chain.key] = _site(chain, folded=True)
-            new, removed = fold(chain, names, facts.outputs)
+            new, removed = fold(chain, names, protected)
             anchors[id(anchor)] = new
             dropped.update(id(n) for n in removed)
         graph.nodes = _splice(graph.nodes, anchors, dropped)

@@ -61,10 +61,11 @@ def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, bias
 
 
-def fold(
-    chain: Chain, names: Names, graph_outputs: set[str]
-) -> tuple[list[gs.Node], list[gs.Node]]:
-    """Rewrite ``chain`` into one linear. Returns (new nodes, nodes to drop from the graph)."""
+def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node], list[gs.Node]]:
+    """Rewrite ``chain`` into one linear. Returns (new nodes, nodes to drop from the graph).
+
+    ``protected``: names read from outside this graph's node list (graph outputs, subgraph
+    reads); their producers are kept even when nothing here reads them any more."""
     weight, bias = merged_affine(chain)
     first, second = chain.first, chain.second
     elem_type = first.elem_type
@@ -72,6 +73,7 @@ def fold(
     x, y = first.x, second.y
 
     removed = chain.nodes
+    fed_by = [t for node in removed for t in node.inputs if t is not x]
     for node in removed:
         node.inputs.clear()
         node.outputs.clear()
@@ -96,7 +98,7 @@ def fold(
                 gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
                 gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b], outputs=[y]),
             ]
-    removed.extend(_orphaned_weight_producers(chain, graph_outputs))
+    removed.extend(_orphaned_producers(fed_by, protected))
     return new, removed
 
 
@@ -106,17 +108,38 @@ def _base_name(name: str) -> str:
     return name
 
 
-def _orphaned_weight_producers(chain: Chain, graph_outputs: set[str]) -> list[gs.Node]:
-    """Constant / Transpose nodes that fed only the replaced weights."""
+#: Side-effect-free ops that typically compute a weight, bias or slope from a constant.
+_PURE = frozenset(
+    {
+        "Constant",
+        "ConstantOfShape",
+        "Identity",
+        "Transpose",
+        "Reshape",
+        "Unsqueeze",
+        "Squeeze",
+        "Flatten",
+        "Expand",
+        "Cast",
+    }
+)
+
+
+def _orphaned_producers(tensors: list[gs.Tensor], protected: set[str]) -> list[gs.Node]:
+    """Nodes that computed the folded weights / slopes and that nothing reads any more."""
     orphans: list[gs.Node] = []
-    refs = [chain.first.weight, chain.second.weight, chain.first.bias, chain.second.bias]
-    for ref in refs:
-        if ref is None:
+    work = list(tensors)
+    while work:
+        tensor = work.pop()
+        if tensor.outputs or tensor.name in protected or len(tensor.inputs) != 1:
             continue
-        for node in reversed(ref.via):  # outermost (Transpose) first
-            out = node.outputs[0] if node.outputs else None
-            if out is not None and not out.outputs and out.name not in graph_outputs:
-                node.inputs.clear()
-                node.outputs.clear()
-                orphans.append(node)
+        producer = tensor.inputs[0]
+        if producer.op not in _PURE or any(
+            out.outputs or out.name in protected for out in producer.outputs
+        ):
+            continue
+        work.extend(producer.inputs)
+        producer.inputs.clear()
+        producer.outputs.clear()
+        orphans.append(producer)
     return orphans

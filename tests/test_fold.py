@@ -125,3 +125,45 @@ def test_merged_affine_matches_the_formula():
     w1d, w2d = w1.astype(np.float64) * 2.0, w2.astype(np.float64).T
     np.testing.assert_allclose(weight, w1d @ w2d, rtol=1e-12)
     np.testing.assert_allclose(bias, (0.5 * b1) @ w2d + b2, rtol=1e-12)
+
+
+def test_nodes_that_only_computed_folded_parameters_are_removed():
+    slope = helper.make_tensor("sv", F, [1], [1.0])
+    nodes = [
+        helper.make_node("Constant", [], ["s0"], value=slope, name="slope_const"),
+        helper.make_node("Identity", ["s0"], ["s"], name="slope_id"),
+        helper.make_node("Gemm", ["x", "W1"], ["h"], name="fc1"),
+        helper.make_node("PRelu", ["h", "s"], ["a"], name="act"),
+        helper.make_node("Gemm", ["a", "W2"], ["y"], name="fc2"),
+    ]
+    m = model(
+        nodes,
+        [init("W1", rand(4, 16)), init("W2", rand(16, 4))],
+        [("x", F, ["N", 4])],
+        [("y", F, ["N", 4])],
+    )
+    result = lconnx.collapse(m).model
+    assert [n.op_type for n in result.graph.node] == ["Gemm"]
+
+
+def test_a_parameter_producer_still_read_by_a_subgraph_is_kept():
+    m = mlp_gemm()
+    m.graph.node.insert(0, helper.make_node("Identity", ["slope"], ["slope_copy"], name="copy"))
+    m.graph.node[2].input[1] = "slope_copy"  # PRelu now reads the Identity's output
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["slope_copy"], ["b_out"])],
+        "body",
+        [],
+        [helper.make_tensor_value_info("b_out", F, None)],
+    )
+    m.graph.initializer.append(init("cond", np.bool_(True)))
+    m.graph.node.append(
+        helper.make_node("If", ["cond"], ["z"], then_branch=body, else_branch=body, name="if")
+    )
+    m.graph.output.append(helper.make_tensor_value_info("z", F, None))
+    result = lconnx.collapse(m)
+    assert result.report.folded == 1
+    assert "copy" in [n.name for n in result.model.graph.node]
+    x = rand(3, 8)
+    for a, b in zip(run(m, {"x": x}), run(result.model, {"x": x}), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
