@@ -11,16 +11,32 @@ from .convert import CollapsibleReport, make_collapsible
 from .discovery import Block, Discovery, Rejection, TraceError, discover
 from .fit import fit_negative_slopes
 from .prelu import CollapsiblePReLU, prelu_last_axis
+from .regularizer import (
+    LayerCollapseRegularizer,
+    RegularizerReport,
+    SlopeStats,
+    collapse_penalty,
+    collapsible_modules,
+    param_groups,
+    schedule_factor,
+)
 
 __all__ = [
     "Block",
     "CollapsiblePReLU",
     "CollapsibleReport",
     "Discovery",
+    "LayerCollapseRegularizer",
+    "RegularizerReport",
     "Rejection",
+    "SlopeStats",
     "TraceError",
+    "collapse_penalty",
+    "collapsible_modules",
     "discover",
     "fit_negative_slopes",
     "make_collapsible",
+    "param_groups",
     "prelu_last_axis",
+    "schedule_factor",
 ]
