@@ -10,7 +10,9 @@ This subpackage needs torch (``pip install lconnx[train]``); ``import lconnx`` n
 from .convert import CollapsibleReport, make_collapsible
 from .discovery import Block, Discovery, Rejection, TraceError, discover
 from .fit import fit_negative_slopes
+from .fold import FoldedBlock, FoldReport, SkippedBlock, collapse_, fold, slope_deviation
 from .prelu import CollapsiblePReLU, prelu_last_axis
+from .progressive import ProgressiveReport, ProgressiveStep, progressive_collapse
 from .regularizer import (
     LayerCollapseRegularizer,
     RegularizerReport,
@@ -26,17 +28,26 @@ __all__ = [
     "CollapsiblePReLU",
     "CollapsibleReport",
     "Discovery",
+    "FoldReport",
+    "FoldedBlock",
     "LayerCollapseRegularizer",
+    "ProgressiveReport",
+    "ProgressiveStep",
     "RegularizerReport",
     "Rejection",
+    "SkippedBlock",
     "SlopeStats",
     "TraceError",
+    "collapse_",
     "collapse_penalty",
     "collapsible_modules",
     "discover",
     "fit_negative_slopes",
+    "fold",
     "make_collapsible",
     "param_groups",
     "prelu_last_axis",
+    "progressive_collapse",
     "schedule_factor",
+    "slope_deviation",
 ]
