@@ -9,6 +9,7 @@ This subpackage needs torch (``pip install lconnx[train]``); ``import lconnx`` n
 
 from .convert import CollapsibleReport, make_collapsible
 from .discovery import Block, Discovery, Rejection, TraceError, discover
+from .export import export_onnx
 from .fit import fit_negative_slopes
 from .fold import FoldedBlock, FoldReport, SkippedBlock, collapse_, fold, slope_deviation
 from .prelu import CollapsiblePReLU, prelu_last_axis
@@ -42,6 +43,7 @@ __all__ = [
     "collapse_penalty",
     "collapsible_modules",
     "discover",
+    "export_onnx",
     "fit_negative_slopes",
     "fold",
     "make_collapsible",

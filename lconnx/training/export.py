@@ -1,0 +1,142 @@
+"""``export_onnx``: export a (collapsible) model so the ONNX pass can fold it.
+
+A thin wrapper over ``torch.onnx.export`` that picks the settings the pass relies on: eval
+mode (Dropout gone, BatchNorm as constants), a dynamic batch axis for both exporters, and
+external weight data only when the protobuf 2 GB limit requires it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from ._inputs import ModelInputs, split_inputs
+from ._modules import unwrap
+
+__all__ = ["export_onnx", "LARGE_MODEL_BYTES", "model_bytes"]
+
+LARGE_MODEL_BYTES = 2**31 - 2**27  # stay clear of protobuf's 2 GiB limit (graph bytes count too)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers: what the ONNX file will mostly consist of."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _names(prefix: str, n: int) -> list[str]:
+    return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
+
+
+def _flat_tensors(obj: Any) -> list[Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(obj) if isinstance(t, Tensor)]
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: ModelInputs,
+    path: str | os.PathLike[str],
+    *,
+    dynamo: bool = True,
+    dynamic_batch: bool = True,
+    opset: int = 18,
+    external_data: bool | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+) -> Path:
+    """Export ``model`` in eval mode to ``path`` and return the path.
+
+    ``external_data=None`` stores weights next to the model (``<file>.data``) only when they
+    exceed ~1.9 GiB; ``True``/``False`` force it. With ``dynamic_batch`` dim 0 of every
+    tensor input and output is named ``batch``. For the dynamo exporter the example batch
+    size must be at least 2 (torch.export specialises size-1 dimensions).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    args, kwargs = split_inputs(example_inputs)
+    if kwargs and not dynamo:
+        raise ValueError("keyword inputs need dynamo=True")
+    use_external = (
+        model_bytes(model) > LARGE_MODEL_BYTES if external_data is None else external_data
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = _flat_tensors(model(*args, **kwargs))
+        in_names = input_names or _names("input", len(_flat_tensors((args, kwargs))))
+        out_names = output_names or _names("output", len(outputs))
+        if dynamo:
+            dynamic_shapes = _batch_shapes(model, args, kwargs) if dynamic_batch else None
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                dynamo=True,
+                opset_version=opset,
+                input_names=in_names,
+                output_names=out_names,
+                dynamic_shapes=dynamic_shapes,
+                external_data=use_external,
+                verbose=False,
+            )
+        else:
+            axes = {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter" notice
+                torch.onnx.export(
+                    model,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamic_axes=axes,
+                )
+            if use_external and not _has_external_data(path):
+                proto = onnx.load(str(path))
+                onnx.save_model(
+                    proto,
+                    str(path),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=path.name + ".data",
+                    size_threshold=0,
+                )
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _batch_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """torch.export ``dynamic_shapes`` marking dim 0 of every tensor input as ``batch``."""
+    batch = torch.export.Dim("batch")
+
+    def spec(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return {0: batch} if x.dim() > 0 else None
+        if isinstance(x, tuple | list):
+            return type(x)(spec(v) for v in x)
+        if isinstance(x, dict):
+            return {k: spec(v) for k, v in x.items()}
+        return None
+
+    if not kwargs:
+        return tuple(spec(a) for a in args)
+    bound = inspect.signature(model.forward).bind_partial(*args, **kwargs)
+    return {name: spec(value) for name, value in bound.arguments.items()}
+
+
+def _has_external_data(path: Path) -> bool:
+    proto = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
