@@ -103,7 +103,7 @@ def savings_plot(report: dict[str, Any], path: Path) -> Path:
         ax.set_yticks(list(ys), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("weights (parameters)")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         ax.grid(axis="x", alpha=0.3)
         saved = sum(s["weights_before"] - s["weights_after"] for s in sites)
         ax.set_title(f"{len(sites)} folded sites, {saved:,} weights saved", fontsize=9)
