@@ -104,7 +104,9 @@ def _collapse_graph(
     """Fold ``graph`` and, first, every If / Loop / Scan body inside it, with the same rules."""
     for node in graph.nodes:
         for sub in node_subgraphs(node):
-            inputs = {t.name for t in sub.inputs}
+            # the body's own inputs, plus the enclosing scopes' (initializers a caller may
+            # override stay runtime values when a body reads them as outer-scope names)
+            inputs = {t.name for t in sub.inputs} | declared_inputs
             _collapse_graph(sub, inputs, names, tolerance, allow_growth, sites)
     facts = GraphFacts.of(graph, declared_inputs)
     _run_rounds(graph, facts, names, tolerance, allow_growth, sites)
