@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lconnx
-from lconnx.training import collapse_, export_onnx, make_collapsible
+from lconnx.training import CollapsiblePReLU, collapse_, export_onnx, make_collapsible
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
@@ -22,7 +22,7 @@ def test_onnx_pass_folds_per_channel_ffns_like_collapse_(tmp_path, family, dynam
     make_collapsible(model, per_channel=True, init=0.0)
     with torch.no_grad():  # as if regularised: every slope within tolerance, none exactly 1
         for m in model.modules():
-            if hasattr(m, "num_parameters"):
+            if isinstance(m, CollapsiblePReLU):
                 m.weight.uniform_(0.97, 1.0)
     x = torch.randn(3, 5, 32 if family is zoo.TinyBert else 16)
     path = export_onnx(model, x, tmp_path / "m.onnx", dynamo=dynamo)
