@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         nargs="+",
         metavar="N",
-        help="first dim of every input; one timed group per value",
+        help="first dim of every input; one timed group per value (put MODELs first)",
     )
     ben.add_argument(
         "--threads", type=_positive, metavar="N", help="intra-op threads (default: physical cores)"
