@@ -292,7 +292,7 @@ def _optimize(args: argparse.Namespace) -> int:
                 f"{args.max_error:g}; not written"
             )
 
-    save_model(result.model, out, external=external)
+    save_model(result.model, out, external=external, check=not result.checked)
     if args.report:
         payload = result.report.to_dict()
         if verification is not None:
