@@ -62,7 +62,9 @@ def transformer_mlp_model(
         ln1 = layer_norm(f"{p}/ln1", x)
         q, k, v = (linear(f"{p}/attn/{n}", ln1, dim, dim) for n in "qkv")
         nodes.append(helper.make_node("Transpose", [k], [f"{p}/attn/kT"], perm=[0, 2, 1]))
-        nodes.append(helper.make_node("MatMul", [q, f"{p}/attn/kT"], [f"{p}/attn/scores"]))
+        nodes.append(helper.make_node("MatMul", [q, f"{p}/attn/kT"], [f"{p}/attn/logits"]))
+        scale = const(f"{p}/attn/scale", np.array(1.0 / np.sqrt(dim)))
+        nodes.append(helper.make_node("Mul", [f"{p}/attn/logits", scale], [f"{p}/attn/scores"]))
         nodes.append(
             helper.make_node("Softmax", [f"{p}/attn/scores"], [f"{p}/attn/probs"], axis=-1)
         )
