@@ -198,6 +198,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.
     result.opset_import.extend(original.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(result, field, getattr(original, field))
+    _hoist_initializers(result, original)
     _restore_inputs(result, original)
     result.graph.name = original.graph.name
     result.graph.doc_string = original.graph.doc_string
@@ -214,6 +215,30 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.
         result.metadata_props.add(key=key, value=value)
     reinfer(result)
     return result
+
+
+def _hoist_initializers(result: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Move main-graph initializers back out of the If / Loop / Scan bodies reading them.
+
+    graphsurgeon exports a constant into the graph that uses it, so an outer initializer read
+    only in a body lands in that body (in each body reading it): it would lose its place among
+    the model's inputs, and a caller could no longer override it."""
+    outer = {t.name for t in original.graph.initializer}
+    present = {t.name for t in result.graph.initializer}
+    stack = list(result.graph.node)
+    while stack:
+        node = stack.pop()
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                stack.extend(sub.node)
+                keep = [t for t in sub.initializer if t.name not in outer]
+                for t in sub.initializer:
+                    if t.name in outer and t.name not in present:
+                        result.graph.initializer.append(t)
+                        present.add(t.name)
+                if len(keep) != len(sub.initializer):
+                    del sub.initializer[:]
+                    sub.initializer.extend(keep)
 
 
 def _restore_inputs(result: onnx.ModelProto, original: onnx.ModelProto) -> None:
