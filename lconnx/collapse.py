@@ -68,7 +68,13 @@ def collapse(
     else:
         result = _export(graph, model, report)
         if check:
-            checked = check_in_memory(result)
+            try:
+                checked = check_in_memory(result)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise UnsupportedModelError(
+                    "the folded model fails onnx.checker (is the input valid under "
+                    f"onnx.checker.check_model(full_check=True)?): {str(exc).splitlines()[0]}"
+                ) from exc
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)
     return CollapseResult(result, report, external, checked)
@@ -141,10 +147,14 @@ def _run_rounds(
 
 
 def _non_overlapping(chains: list[Chain]) -> list[Chain]:
-    """Chains in graph order such that no linear takes part in two folds of one round."""
+    """Chains such that no linear takes part in two folds of one round, cheapest product first.
+
+    Where folds overlap, the order is a matrix-chain choice: a VGG head 25088→4096→4096→1000
+    costs 1.0 TFLOP of float64 work folded front to back but 0.24 TFLOP back to front. Ties
+    keep graph order, so the choice is deterministic."""
     used: set[int] = set()
     batch = []
-    for chain in chains:
+    for chain in sorted(chains, key=lambda c: c.cost.d_in * c.cost.hidden * c.cost.d_out):
         ends = {id(chain.first.head), id(chain.second.head)}
         if ends & used:
             continue
