@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from lconnx.activations import Composite, find_composite
@@ -180,6 +182,12 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         return chain.composites[0].reason
     if first.elem_type not in FLOAT_TYPES:
         return f"dtype {elem_type_name(first.elem_type)} is not supported"
+    activation = _elem_type_of(first.x)
+    if activation is not None and activation != first.elem_type:
+        return (
+            f"dtype mismatch: input {elem_type_name(activation)} vs weight "
+            f"{elem_type_name(first.elem_type)}"
+        )
     if second.elem_type != first.elem_type:
         return (
             f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
@@ -207,6 +215,15 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         if match.slope_deviation is not None:
             chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
     return None
+
+
+def _elem_type_of(tensor: gs.Tensor) -> int | None:
+    if tensor.dtype is None:
+        return None
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _same_rows(first: Linear, second: Linear) -> bool:

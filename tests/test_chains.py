@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from graphs import init, linear_count, mlp_gemm, mlp_matmul, model, rand, run
 from onnx import TensorProto, helper
@@ -298,3 +299,11 @@ def test_chains_inside_if_branches_fold_with_outer_weights():
         np.testing.assert_allclose(
             run(result.model, feeds)[0], run(m, feeds)[0], rtol=1e-4, atol=1e-4
         )
+
+
+def test_weights_of_another_dtype_than_the_input_are_refused():
+    m = mlp_gemm()
+    for t in m.graph.initializer:  # make every parameter float64 while x stays float32
+        t.CopyFrom(init(t.name, onnx.numpy_helper.to_array(t).astype(np.float64)))
+    site = _only_site(m)
+    assert site.reason == "dtype mismatch: input FLOAT vs weight DOUBLE"
