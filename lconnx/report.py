@@ -107,7 +107,7 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
         after_f = f"{site.flops_after:,}" if site.flops_after else "-"
         table.add_row(
             str(i),
-            site.nodes[0],
+            site.nodes[0] or f"({site.ops[0]})",
             "·".join(site.ops),
             f"{site.d_in}→{site.hidden}→{site.d_out}",
             dev,
