@@ -60,7 +60,9 @@ class LinearSpec:
     """One linear layer ``y = alpha·(x·W) + beta·b``."""
 
     op: str  # "Gemm" | "MatMul"
-    source: str  # init | constant | transpose | transpose_constant | graph_input | init_input
+    # init | constant | identity (Identity of an initializer) | transpose | transpose_constant |
+    # graph_input | init_input
+    source: str
     trans_a: bool = False  # Gemm only, first layer only: x is given as [K, M]
     trans_b: bool = False
     alpha: float = 1.0
@@ -73,6 +75,7 @@ class LinearSpec:
     perm_attr: bool = False  # Transpose with an explicit perm=[1, 0]
     bias_constant: bool = False  # the bias comes from a Constant node, not an initializer
     tie: int | None = None  # reads the weight initializer of this earlier layer
+    tie_identity: bool = False  # ... through Identity (TorchScript's de-duplicated parameter)
     w: np.ndarray | None = field(default=None, repr=False)  # (K, N), the x·W view
     b: np.ndarray | None = field(default=None, repr=False)  # stored bias shape
 
@@ -105,6 +108,7 @@ class MiddleSpec:
     channels: int = 0  # BatchNormalization on a rank > 2 tensor: the size of axis 1
     slope_shape: str = ""  # PRelu: one | h | one_h | one_one_one | one_one_h
     slope: np.ndarray | None = field(default=None, repr=False)
+    slope_via: str | None = None  # PRelu slope stored flat and shaped by Reshape / Unsqueeze / …
     alpha: float | None = None  # LeakyRelu (None: attribute absent, 0.01)
     epsilon: float | None = None  # BatchNormalization (None: attribute absent, 1e-5)
     bn: dict[str, np.ndarray] | None = field(default=None, repr=False)
@@ -192,6 +196,9 @@ class ChainSpec:
     side_dim: int  # output width of the side chain's second linear
     seed: int
     anonymous: bool = False  # every node has an empty name (as some exporters write them)
+    # None, or the whole chain inside an If's then_branch, its weights read from the outer
+    # scope ("if_outer") or stored in the body ("if_inner"; overridable ones stay outside)
+    wrap: str | None = None
     side_w: np.ndarray | None = field(default=None, repr=False)
 
     def shared_weight(self) -> np.ndarray:
@@ -207,7 +214,10 @@ class ChainSpec:
 
 DIM = st.integers(1, MAX_DIM)
 SOURCES = st.sampled_from(
-    ["init"] * 4 + ["constant", "transpose", "transpose_constant"] * 2 + list(WEIGHT_INPUTS)
+    ["init"] * 4
+    + ["constant", "transpose", "transpose_constant"] * 2
+    + ["identity"]
+    + list(WEIGHT_INPUTS)
 )
 SCALES = st.sampled_from([1.0, 1.0, 1.0, 0.5, 2.0, -1.5])
 
@@ -256,11 +266,16 @@ def middle_specs(draw, lead: list[int]) -> MiddleSpec:
         shapes = ["one", "h"] + {2: ["one_h"], 3: ["one_h", "one_one_one", "one_one_h"]}.get(
             min(rank, 3), []
         )
+        slope_shape = draw(st.sampled_from(shapes))
+        vias = [None, None, None, "Reshape", "Identity", "Expand"]
+        if slope_shape.startswith("one_"):
+            vias.append("Unsqueeze")
         return MiddleSpec(
             op,
             variant=draw(st.sampled_from(["exact", "exact", "near", "near", "far"])),
             hidden_rank=rank,
-            slope_shape=draw(st.sampled_from(shapes)),
+            slope_shape=slope_shape,
+            slope_via=draw(st.sampled_from(vias)),
         )
     if op == "LeakyRelu":
         variant = draw(st.sampled_from(["exact", "near", "near", "far", "default"]))
@@ -378,9 +393,12 @@ def chain_specs(draw, max_linears: int = 5) -> ChainSpec:
                 layer.bias = "n"
             else:
                 layer.rows_width = draw(st.sampled_from([1, 0]))
+    wrap = draw(st.sampled_from([None] * 4 + ["if_outer", "if_inner"]))
     # A Reshape junction keeps rows only if lconnx can prove it from shapes: not after a
-    # transA Gemm, and (rank 3) only with static leading dims.
+    # transA Gemm, (rank 3) only with static leading dims, and not inside an If body, where
+    # onnx shape inference cannot read the outer-scope target shape (lconnx then refuses).
     reshape_ok = (rank == 2 and not layers[0].trans_a) or (rank == 3 and not symbolic)
+    reshape_ok = reshape_ok and wrap is None
     junctions = [draw(junction_specs(lead, layers[j], reshape_ok)) for j in range(n - 1)]
     spec = ChainSpec(
         dtype=dtype,
@@ -398,6 +416,7 @@ def chain_specs(draw, max_linears: int = 5) -> ChainSpec:
         side_dim=0,
         seed=draw(st.integers(0, 2**32 - 1)),
         anonymous=draw(st.integers(0, 7)) == 5,
+        wrap=wrap,
     )
     dims = [draw(DIM)]
     if draw(st.integers(0, 5)) == 0:  # square: every fold profitable, weights may be tied
@@ -420,6 +439,7 @@ def chain_specs(draw, max_linears: int = 5) -> ChainSpec:
         ]
         if same and draw(st.booleans()):
             layer.tie = draw(st.sampled_from(same))
+            layer.tie_identity = draw(st.booleans())
             stored = layers[layer.tie].stored()
             layer.w = stored.T if layer.op == "Gemm" and layer.trans_b else stored
     if spec.side == "chain":
@@ -535,6 +555,9 @@ class _Builder:
         tie = self.spec.layers[i].tie
         if tie is not None:
             self.weight_tensors[i] = f"W{tie}"
+            if self.spec.layers[i].tie_identity:
+                self.node("Identity", [f"W{tie}"], [name], f"{name}/alias")
+                return name
             return f"W{tie}"
         tensor = lambda n, v: numpy_helper.from_array(v.astype(np_dtype(self.dt)), n)  # noqa: E731
         if source in ("init", "init_input"):
@@ -548,6 +571,10 @@ class _Builder:
         elif source == "constant":
             self.node("Constant", [], [name], f"{name}/const", value=tensor(name, stored))
             self.weight_tensors[i] = name
+        elif source == "identity":
+            self.init(f"{name}/src", stored)
+            self.node("Identity", [f"{name}/src"], [name], f"{name}/alias")
+            self.weight_tensors[i] = f"{name}/src"
         else:
             src = f"{name}/src"
             if source == "transpose":
@@ -601,11 +628,32 @@ class _Builder:
         self.node("Reshape", [h, shape], [f"{name}/out"], name)
         return f"{name}/out"
 
+    def slope(self, name: str, m: MiddleSpec) -> str:
+        """The PRelu slope: an initializer, or (as exporters write it) one shaped by an op."""
+        slope = f"{name}/slope"
+        if m.slope_via is None:
+            return self.init(slope, m.slope)
+        if m.slope_via == "Identity":
+            self.node("Identity", [self.init(f"{slope}/raw", m.slope)], [slope], f"{slope}/op")
+            return slope
+        shape = list(m.slope.shape)  # every slope shape is [1, …, 1, last]
+        flat = m.slope.reshape(-1)
+        if m.slope_via == "Expand" and np.all(flat == flat[0]):
+            flat = flat[:1]  # one value broadcast to the slope's shape
+        raw = self.init(f"{slope}/raw", flat)
+        if m.slope_via == "Unsqueeze":
+            axes = self.init(f"{slope}/axes", np.arange(len(shape) - 1), TensorProto.INT64)
+            self.node("Unsqueeze", [raw, axes], [slope], f"{slope}/op")
+        else:  # Reshape, Expand
+            target = self.init(f"{slope}/shape", np.array(shape, np.int64), TensorProto.INT64)
+            self.node(m.slope_via, [raw, target], [slope], f"{slope}/op")
+        return slope
+
     def middle(self, j: int, m_index: int, m: MiddleSpec, h: str, shape: list) -> str:
         name = f"mid{j}_{m_index}"
         out = f"{name}/out"
         if m.op == "PRelu":
-            self.node(m.op, [h, self.init(f"{name}/slope", m.slope)], [out], name)
+            self.node(m.op, [h, self.slope(name, m)], [out], name)
         elif m.op == "LeakyRelu":
             attrs = {} if m.alpha is None else {"alpha": m.alpha}
             self.node(m.op, [h], [out], name, **attrs)
@@ -722,10 +770,52 @@ def build_model(spec: ChainSpec) -> onnx.ModelProto:
     y_shape = [*lead_dims(spec), spec.dims[-1]]
     outputs = [helper.make_tensor_value_info("y", spec.dtype, y_shape), *b.outputs]
     graph = helper.make_graph(b.nodes, "chain", b.inputs, outputs, b.inits)
+    if spec.wrap:
+        graph = _wrap_in_if(graph, inner=spec.wrap == "if_inner")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)])
     model.ir_version = IR_VERSION[spec.opset]
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+#: The If node's outputs are the chain's output names plus this suffix (a body may not
+#: shadow an outer name).
+WRAP_SUFFIX = ":if"
+
+
+def _wrap_in_if(graph: onnx.GraphProto, inner: bool) -> onnx.GraphProto:
+    """``graph`` as the then_branch of an ``If`` whose condition is a constant True."""
+    declared = {vi.name for vi in graph.input}
+    body_inits = [t for t in graph.initializer if inner and t.name not in declared]
+    outer_inits = [t for t in graph.initializer if not (inner and t.name not in declared)]
+    then_branch = helper.make_graph(list(graph.node), "then", [], list(graph.output), body_inits)
+    else_nodes, else_outputs = [], []
+    for vi in graph.output:
+        name = f"else/{vi.name}"
+        elem = vi.type.tensor_type.elem_type
+        zero = numpy_helper.from_array(np.zeros((), np_dtype(elem)), name)
+        else_nodes.append(helper.make_node("Constant", [], [name], value=zero))
+        else_outputs.append(helper.make_tensor_value_info(name, elem, []))
+    else_branch = helper.make_graph(else_nodes, "else", [], else_outputs)
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    nodes = [
+        helper.make_node("Constant", [], ["cond"], "cond", value=cond),
+        helper.make_node(
+            "If",
+            ["cond"],
+            [vi.name + WRAP_SUFFIX for vi in graph.output],
+            "if",
+            then_branch=then_branch,
+            else_branch=else_branch,
+        ),
+    ]
+    outputs = []
+    for vi in graph.output:
+        outer = onnx.ValueInfoProto()
+        outer.CopyFrom(vi)
+        outer.name = vi.name + WRAP_SUFFIX
+        outputs.append(outer)
+    return helper.make_graph(nodes, graph.name, list(graph.input), outputs, outer_inits)
 
 
 # --------------------------------------------------------------------------------------------

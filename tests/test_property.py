@@ -11,7 +11,8 @@ For every generated chain (see ``tests/strategies.py``):
 3. every foldable chain is folded: the Gemm/MatMul count and the number of folds equal what the
    spec predicts, and each junction's decision and reason are the expected ones;
 4. graph input / output names, opset and IR version are unchanged, the input model is not
-   mutated, and a second pass folds nothing more;
+   mutated, no dead node or unused initializer is left behind, and a second pass folds
+   nothing more;
 5. every report site has a reason, and folded sites == number of folds.
 
 ``LCONNX_HYPOTHESIS_EXAMPLES`` raises the number of examples for a longer local hunt, and
@@ -32,6 +33,7 @@ from strategies import (
     BFLOAT16,
     DOUBLE,
     RTOL,
+    WRAP_SUFFIX,
     ChainSpec,
     build_model,
     chain_specs,
@@ -81,8 +83,36 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], dtype: int) -
     return dict(zip(names, values, strict=True))
 
 
+def graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph nested in it."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found += graphs(sub)
+    return found
+
+
 def linear_count(model: onnx.ModelProto) -> int:
-    return sum(n.op_type in ("Gemm", "MatMul") for n in model.graph.node)
+    return sum(n.op_type in ("Gemm", "MatMul") for g in graphs(model.graph) for n in g.node)
+
+
+def leftovers(model: onnx.ModelProto) -> list[str]:
+    """Nodes none of whose outputs is read, and initializers nothing reads (in any scope)."""
+    every = graphs(model.graph)
+    read = {name for g in every for node in g.node for name in node.input}
+    read |= {o.name for g in every for o in g.output}
+    dead = [
+        f"node {node.name or node.op_type}"
+        for g in every
+        for node in g.node
+        if not any(o and o in read for o in node.output)
+    ]
+    inputs = {i.name for i in model.graph.input}
+    unused = [
+        f"initializer {t.name}" for g in every for t in g.initializer if t.name not in read | inputs
+    ]
+    return dead + unused
 
 
 def _describe(spec: ChainSpec) -> None:
@@ -94,10 +124,12 @@ def _describe(spec: ChainSpec) -> None:
         if layer.bias == "rows":
             event("Gemm row bias")
         if layer.tie is not None:
-            event("tied weight")
+            event(f"tied weight{' via Identity' if layer.tie_identity else ''}")
     for junction in spec.junctions:
         for m in junction.middles:
             event(f"middle={m.op}:{m.variant or '-'}:{'fold' if m.foldable else 'block'}")
+            if m.slope_via:
+                event(f"PRelu slope via {m.slope_via}")
         if junction.tap:
             event(f"tap={junction.tap}@{junction.tap_at}")
         if junction.reshape is not None:
@@ -106,6 +138,8 @@ def _describe(spec: ChainSpec) -> None:
         event(f"side={spec.side}")
     if spec.anonymous:
         event("anonymous nodes")
+    if spec.wrap:
+        event(f"wrapped: {spec.wrap}")
     expected = expectation(spec)
     event(f"folds={expected.folds}")
     event(f"linears after={expected.linears}")
@@ -130,7 +164,7 @@ def check_outputs(spec: ChainSpec, original: onnx.ModelProto, result: onnx.Model
             continue
         orig = before[name].astype(np.float64)
         got = got.astype(np.float64)
-        value, mag = ref[name]
+        value, mag = ref[name.removesuffix(WRAP_SUFFIX)]
         assert got.shape == orig.shape == value.shape, name
         assert np.isfinite(got).all(), name
         atol = 1e-6 * max(1.0, float(mag.max()))
@@ -151,6 +185,7 @@ def _seeded(test):
 def test_collapse_random_chains(spec: ChainSpec) -> None:
     _describe(spec)
     model = build_model(spec)
+    assert not leftovers(model)
     pristine = model.SerializeToString()
     result = lconnx.collapse(model, tolerance=spec.tolerance, allow_growth=spec.allow_growth)
     assert model.SerializeToString() == pristine, "collapse mutated its input"
@@ -161,6 +196,7 @@ def test_collapse_random_chains(spec: ChainSpec) -> None:
     assert [o.name for o in out.graph.output] == [o.name for o in model.graph.output]
     assert list(out.opset_import) == list(model.opset_import)
     assert out.ir_version == model.ir_version
+    assert not leftovers(out), "the folded nodes left dead code behind"
 
     expected = expectation(spec)
     report = result.report
@@ -233,4 +269,102 @@ def test_rank3_bias_of_shape_1_1_n_folds(bias_first: bool) -> None:
     x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
     before = evaluate(model, {"x": x}, TensorProto.FLOAT)["y"]
     after = evaluate(result.model, {"x": x}, TensorProto.FLOAT)["y"]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_if_body_keeps_overridable_outer_initializer() -> None:
+    """Regression: an If body's chain reading an outer initializer that is also a model input
+    (a caller may override it) was folded, baking in the default and dropping the input."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 8)).astype(np.float32)
+    w2 = rng.standard_normal((8, 4)).astype(np.float32)
+
+    def info(name: str, elem: int = TensorProto.FLOAT, shape: list | None = None):
+        return helper.make_tensor_value_info(name, elem, ["N", 4] if shape is None else shape)
+
+    then_branch = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+            helper.make_node("MatMul", ["h", "W2"], ["then_y"], name="fc2"),
+        ],
+        "then",
+        [],
+        [info("then_y")],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["else_y"], name="skip")], "else", [], [info("else_y")]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        "g",
+        [info("x"), info("cond", TensorProto.BOOL, []), info("W1", shape=[4, 8])],
+        [info("y")],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+
+    result = lconnx.collapse(model)
+    assert result.report.folded == 0
+    assert [s.folded for s in result.report.sites] == [False]
+    assert [i.name for i in result.model.graph.input] == ["x", "cond", "W1"]
+    feeds = {
+        "x": rng.standard_normal((3, 4)).astype(np.float32),
+        "cond": np.array(True),
+        "W1": np.ones((4, 8), np.float32),  # the caller overrides the default
+    }
+    before = evaluate(model, feeds, TensorProto.FLOAT)["y"]
+    after = evaluate(result.model, feeds, TensorProto.FLOAT)["y"]
+    np.testing.assert_array_equal(after, before)
+
+
+def test_fold_in_if_body_keeps_outer_initializers_outside() -> None:
+    """Regression: after a fold, graphsurgeon exported an outer initializer read only inside
+    an If body into that body, so a model input backed by it vanished from the inputs."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    def info(name: str, elem: int = TensorProto.FLOAT, shape: list | None = None):
+        return helper.make_tensor_value_info(name, elem, ["N", 4] if shape is None else shape)
+
+    then_branch = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W0"], ["t"], name="solo"),  # W0: overridable
+            helper.make_node("MatMul", ["t", "A"], ["h"], name="fc1"),
+            helper.make_node("MatMul", ["h", "B"], ["then_y"], name="fc2"),
+        ],
+        "then",
+        [],
+        [info("then_y")],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "A"], ["else_y"], name="other")],  # also reads A
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["N", 8])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        "g",
+        [info("x"), info("cond", TensorProto.BOOL, []), info("W0", shape=[4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight("W0", 4, 4), weight("A", 4, 8), weight("B", 8, 4)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    result = lconnx.collapse(model)
+    assert result.report.folded == 1
+    out = result.model
+    assert [i.name for i in out.graph.input] == ["x", "cond", "W0"]
+    assert {t.name for t in out.graph.initializer} == {"W0", "A"}  # A once, still outside
+    assert all(t.name not in ("W0", "A") for g in graphs(out.graph)[1:] for t in g.initializer)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    override = np.eye(4, dtype=np.float32)
+    feeds = {"x": x, "cond": np.array(True), "W0": override}
+    before = evaluate(model, feeds, TensorProto.FLOAT)["y"]
+    after = evaluate(out, feeds, TensorProto.FLOAT)["y"]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
