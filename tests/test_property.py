@@ -118,6 +118,7 @@ def leftovers(model: onnx.ModelProto) -> list[str]:
 def _describe(spec: ChainSpec) -> None:
     """Coverage labels, shown by ``pytest --hypothesis-show-statistics``."""
     event(f"dtype={TensorProto.DataType.Name(spec.dtype)} rank={spec.rank}")
+    event(f"opset={spec.opset}")
     event(f"linears={len(spec.layers)}")
     for layer in spec.layers:
         event(f"linear={layer.op}/{layer.source}/bias={layer.bias}")
