@@ -1,8 +1,8 @@
 """Shape inference that never serialises weight bytes.
 
 ``onnx.shape_inference`` serialises the whole model, which fails past 2 GB and costs a copy of
-every weight. Shapes need only dims, so large tensor payloads are detached for the call and put
-back afterwards, whatever happens.
+every weight. Shapes need only dims, so inference runs on a light copy whose large tensors keep
+only name, dims and type; the model itself is never written to.
 """
 
 from __future__ import annotations
@@ -34,13 +34,45 @@ def _weights_detached(model: onnx.ModelProto) -> Iterator[None]:
             tensor.raw_data = data
 
 
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` for shape inference whose large tensors keep only name, dims, type.
+
+    Unlike ``_weights_detached`` it never writes to ``model``: under upb, putting ``raw_data``
+    back copies it into the message's arena while the cleared bytes stay allocated, so each
+    detach/restore left the process one model size larger.
+    """
+    graph = model.graph
+    light = onnx.GraphProto(
+        name=graph.name,
+        node=graph.node,
+        input=graph.input,
+        output=graph.output,
+        value_info=graph.value_info,
+        sparse_initializer=graph.sparse_initializer,
+    )
+    for tensor in graph.initializer:
+        if len(tensor.raw_data) > _KEEP_BYTES:
+            light.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type)
+        else:
+            light.initializer.append(tensor)
+    copy = onnx.ModelProto(
+        ir_version=model.ir_version,
+        opset_import=model.opset_import,
+        functions=model.functions,
+        graph=light,
+    )
+    for tensor in _get_all_tensors(copy):  # Constant nodes, subgraphs: already copies here
+        if len(tensor.raw_data) > _KEEP_BYTES:
+            tensor.ClearField("raw_data")
+    return copy
+
+
 def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Value infos for every intermediate tensor onnx can infer; [] when inference fails."""
-    with _weights_detached(model):
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
-            return []
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+        return []
     return _all_value_info(inferred.graph)
 
 
