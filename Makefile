@@ -1,5 +1,5 @@
 # Two entry points, both create the virtual environment on first use:
-#   make demo   set up, build an example model, optimize + verify it with lconnx
+#   make demo   set up; train on MNIST with the regularizer, export, collapse, verify, bench
 #   make test   set up, lint, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,9 +15,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: $(VENV)/.installed
-	mkdir -p $(OUT)
+	$(PY) models/demo.py --out $(OUT)/demo
 	$(PY) models/synthetic.py $(OUT)/example.onnx --blocks 4 --dim 128 --hidden 512 --slope 1.0
-	$(VENV)/bin/lconnx analyze $(OUT)/example.onnx
 	$(VENV)/bin/lconnx optimize $(OUT)/example.onnx $(OUT)/example.opt.onnx \
 		--shape x=2,16,128 --max-error 1e-3 --report $(OUT)/example.report.json
 
