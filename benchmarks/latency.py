@@ -38,7 +38,8 @@ sys.path.insert(0, str(HERE.parent / "models"))
 from synthetic import transformer_mlp_model  # noqa: E402
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark, human_bytes, machine_line, to_markdown  # noqa: E402
+from lconnx.bench import benchmark  # noqa: E402
+from lconnx.bench_report import human_bytes, machine_line, to_markdown  # noqa: E402
 from lconnx.plots import write_plots  # noqa: E402
 from lconnx.verify import provider_unavailable, random_inputs, verify_models  # noqa: E402
 

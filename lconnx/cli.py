@@ -335,7 +335,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from lconnx.bench import benchmark, load_collapse_report, render_bench, write_outputs
+    from lconnx.bench import benchmark
+    from lconnx.bench_report import load_collapse_report, render_bench, write_outputs
 
     shapes = _shapes(args)
     for target in (args.json, args.markdown):

@@ -26,7 +26,8 @@ from rich.progress import Progress
 from torch import nn
 
 import lconnx
-from lconnx.bench import benchmark, render_bench, write_outputs
+from lconnx.bench import benchmark
+from lconnx.bench_report import render_bench, write_outputs
 from lconnx.io import save_model
 from lconnx.training import LayerCollapseRegularizer, export_onnx, make_collapsible, param_groups
 from lconnx.verify import verify_models

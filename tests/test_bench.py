@@ -16,7 +16,7 @@ from graphs import init, mlp_gemm, mlp_matmul, model, rand
 from onnx import TensorProto, helper
 
 import lconnx
-from lconnx import bench
+from lconnx import bench, bench_report
 from lconnx.cli import main
 from lconnx.errors import LconnxError
 from lconnx.flops import count_flops
@@ -181,7 +181,7 @@ def test_benchmark_api_and_interleaving(monkeypatch):
     assert data["timings"][1]["ideal_speedup"] == pytest.approx(
         base.flops.total / other.flops.total
     )
-    assert "lconnx bench" in bench.to_markdown(result)
+    assert "lconnx bench" in bench_report.to_markdown(result)
 
 
 def test_models_must_share_inputs_and_batch_respects_fixed_dims(tmp_path):
@@ -231,7 +231,7 @@ def test_cuda_is_reported_unavailable_not_a_crash(pair, tmp_path, capsys):
     assert {t["provider"] for t in data["timings"]} == {"cpu"}
     only_cuda = bench.benchmark([original], providers="cuda", repeat=1)
     assert only_cuda.timings == [] and only_cuda.unavailable[0].provider == "cuda"
-    assert "Not run" in bench.to_markdown(only_cuda)
+    assert "Not run" in bench_report.to_markdown(only_cuda)
 
 
 @pytest.mark.skipif(CUDA_REASON is not None, reason=f"no CUDA: {CUDA_REASON}")
