@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lconnx.bench import BenchResult
 from lconnx.errors import LconnxError
+from lconnx.io import write_text_atomic
 
 
 def load_collapse_report(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -220,24 +220,9 @@ def write_outputs(
         payload["plots"] = plots
         if report is not None:
             payload["collapse_report"] = report
-        _write(Path(json_path), json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(Path(json_path), json.dumps(payload, indent=2) + "\n")
     if markdown_path is not None:
         md = Path(markdown_path)
         links = {k: os.path.relpath(v, md.resolve().parent) for k, v in plots.items()}
-        _write(md, to_markdown(result, title=title, report=report, plots=links))
+        write_text_atomic(md, to_markdown(result, title=title, report=report, plots=links))
     return plots
-
-
-def _write(path: Path, text: str) -> None:
-    """Atomic text write: temp file beside the target, then rename."""
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise LconnxError(f"{path}: folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -245,7 +245,13 @@ def _analyze(args: argparse.Namespace) -> int:
 def _optimize(args: argparse.Namespace) -> int:
     from lconnx.collapse import collapse
     from lconnx.errors import VerificationError
-    from lconnx.io import external_data_files, load_model, resolve_output_path, save_model
+    from lconnx.io import (
+        external_data_files,
+        load_model,
+        resolve_output_path,
+        save_model,
+        write_text_atomic,
+    )
     from lconnx.report import render_table
     from lconnx.verify import load_data, random_inputs, verify_models
 
@@ -297,7 +303,7 @@ def _optimize(args: argparse.Namespace) -> int:
         payload = result.report.to_dict()
         if verification is not None:
             payload["verification"] = verification.to_dict()
-        _write_text(Path(args.report), json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(Path(args.report), json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {out}")
     return 0
 
@@ -378,23 +384,6 @@ def _bench(args: argparse.Namespace) -> int:
         if written:
             console.print(f"wrote {written}")
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic text write: temp file beside the target, then rename."""
-    import os
-    import tempfile
-
-    if not path.resolve().parent.is_dir():
-        raise OutputPathError(f"{path}: folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

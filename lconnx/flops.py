@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.shapes import _weights_detached
+from lconnx.shapes import without_weights
 
 _UNIT_OPS = (
     "Add Sub Mul Div Pow Sqrt Exp Log Neg Abs Reciprocal Max Min Mean Sum Mod Clip Relu LeakyRelu "
@@ -122,9 +122,7 @@ def _concrete_shapes(
     model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]
 ) -> Callable[[str], Shape | None]:
     """name → concrete shape (None when unknown), after inference with fixed input dims."""
-    with _weights_detached(model):
-        skeleton = onnx.ModelProto()
-        skeleton.CopyFrom(model)
+    skeleton = without_weights(model)  # a light copy: never writes to ``model``
     initializers = {t.name: list(t.dims) for t in skeleton.graph.initializer}
     for vi in skeleton.graph.input:
         if vi.name in initializers:

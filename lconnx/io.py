@@ -187,3 +187,20 @@ def save_model(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a report or table atomically: temp file beside the target, then rename."""
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

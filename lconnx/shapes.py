@@ -7,9 +7,6 @@ only name, dims and type; the model itself is never written to.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import onnx
 import onnx_graphsurgeon as gs
 from onnx.external_data_helper import _get_all_tensors
@@ -20,25 +17,11 @@ from lconnx.subgraphs import nested_graphs
 _KEEP_BYTES = 4096
 
 
-@contextmanager
-def _weights_detached(model: onnx.ModelProto) -> Iterator[None]:
-    held: list[tuple[onnx.TensorProto, bytes]] = []
-    try:
-        for tensor in _get_all_tensors(model):
-            if len(tensor.raw_data) > _KEEP_BYTES:
-                held.append((tensor, tensor.raw_data))
-                tensor.ClearField("raw_data")
-        yield
-    finally:
-        for tensor, data in held:
-            tensor.raw_data = data
-
-
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` for shape inference whose large tensors keep only name, dims, type.
 
-    Unlike ``_weights_detached`` it never writes to ``model``: under upb, putting ``raw_data``
-    back copies it into the message's arena while the cleared bytes stay allocated, so each
+    It never writes to ``model``: under upb, detaching ``raw_data`` and putting it
+    back copies it into the arena while the cleared bytes stay allocated, so each
     detach/restore left the process one model size larger.
     """
     graph = model.graph
@@ -70,7 +53,7 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Value infos for every intermediate tensor onnx can infer; [] when inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
         return []
     return _all_value_info(inferred.graph)
