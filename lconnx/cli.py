@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lconnx._version import __version__
 from lconnx.errors import LconnxError, OutputPathError
+from lconnx.memory import release_garbage, unmap_large_frees
 
 USAGE_ERROR = 2
 
@@ -197,6 +198,7 @@ _non_negative_int = _int_at_least(0)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    unmap_large_frees()
     commands = {
         "optimize": _optimize,
         "analyze": _analyze,
@@ -264,7 +266,8 @@ def _optimize(args: argparse.Namespace) -> int:
         raise OutputPathError(f"{args.report}: the report must not overwrite a model file")
     model, external = load_model(args.input)
     out = resolve_output_path(args.input, args.output, external_data_files(model))
-    result = collapse(model, tolerance=args.tolerance, allow_growth=args.allow_growth)
+    # checked below, on the written file, once the input's weights are freed
+    result = collapse(model, tolerance=args.tolerance, allow_growth=args.allow_growth, check=False)
     console = _console()
     console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
 
@@ -297,7 +300,9 @@ def _optimize(args: argparse.Namespace) -> int:
                 f"{args.max_error:g}; not written"
             )
 
-    save_model(result.model, out, external=external, check=not result.checked)
+    del model  # writing needs only the result: keep the input's weights out of the peak
+    release_garbage()
+    save_model(result.model, out, external=external, check=True)
     if args.report:
         payload = result.report.to_dict()
         if verification is not None:

@@ -20,6 +20,7 @@ from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.errors import UnsupportedModelError
 from lconnx.fold import Names, fold
 from lconnx.io import check_in_memory, load_model
+from lconnx.memory import release_garbage
 from lconnx.report import Report, Site
 from lconnx.shapes import annotate, inferred_value_info, reinfer
 from lconnx.subgraphs import node_subgraphs
@@ -67,6 +68,8 @@ def collapse(
         result = model  # untouched: keeps the pass idempotent byte for byte
     else:
         result = _export(graph, model, report)
+        del graph  # its numpy copies of the weights are garbage now: free them before the check
+        release_garbage()
         if check:
             try:
                 checked = check_in_memory(result)
