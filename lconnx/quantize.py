@@ -1,0 +1,129 @@
+"""Dynamic int8 quantization with onnxruntime, meant to run *after* ``lconnx.collapse``.
+
+The order matters. Collapse multiplies float weight matrices (``W1·W2``); once a model is
+quantized its linear layers are ``MatMulInteger`` / ``QLinearMatMul`` or ``QuantizeLinear →
+DequantizeLinear`` pairs, which lconnx does not treat as linear layers, so a quantized model
+passes through ``collapse`` unchanged (0 sites). Collapse first, then quantize the fewer,
+folded weights: the quantizer then sees one ``MatMul``/``Gemm`` where there were two.
+
+onnxruntime is optional for lconnx; without it :func:`quantize_int8` raises
+:class:`~lconnx.errors.MissingDependencyError` with the install line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from lconnx.errors import LconnxError, MissingDependencyError
+from lconnx.io import external_data_files, resolve_output_path
+from lconnx.verify import INSTALL_HINT
+
+__all__ = ["DEFAULT_OP_TYPES", "QUANTIZED_OPS", "quantize_int8", "quantized_op_counts"]
+
+#: What lconnx folds, and what dynamic quantization makes fast on CPU. onnxruntime's default
+#: set also turns ``Conv`` into ``ConvInteger``, which its CPU provider runs several times
+#: slower than float ``Conv`` (measured in ``benchmarks/results/quantize.md``).
+DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
+
+#: Op types that mark a graph as already quantized (QOperator and QDQ formats).
+QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "QGemm",
+    }
+)
+
+
+def _quantization_module() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"int8 quantization needs onnxruntime, which is not installed: {INSTALL_HINT}"
+        ) from exc
+    return quantization
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """quantize_dynamic logs a 'consider pre-processing' warning on the root logger on every
+    call; it is advice for static quantization, so hide it for the duration of the call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(
+    model_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    op_types: Sequence[str] | None = DEFAULT_OP_TYPES,
+    per_channel: bool = False,
+) -> Path:
+    """Write ``model_path`` with int8 weights (onnxruntime dynamic quantization) to ``out_path``.
+
+    Weights of ``op_types`` become int8 (``None``: onnxruntime's default op set, Conv and
+    Gather included); activations are quantized per run (``DynamicQuantizeLinear``), so no
+    calibration data is needed. The file is written to a temporary folder beside ``out_path``
+    and renamed into place, so a failure leaves no half-written model. Returns ``out_path``.
+    """
+    quantization = _quantization_module()
+    src = Path(model_path)
+    if not src.is_file():
+        raise LconnxError(f"{model_path}: no such model file")
+    skeleton = onnx.load(str(src), load_external_data=False)
+    inputs = external_data_files(skeleton)
+    dst = resolve_output_path(src, out_path, inputs)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=dst.parent))
+    try:
+        with _quiet_root_logger():
+            quantization.quantize_dynamic(
+                str(src),
+                str(tmp_dir / dst.name),
+                weight_type=quantization.QuantType.QInt8,
+                op_types_to_quantize=list(op_types) if op_types is not None else None,
+                per_channel=per_channel,
+                use_external_data_format=bool(inputs),
+            )
+        for produced in tmp_dir.iterdir():  # the model, and its external data if any
+            os.replace(produced, dst.parent / produced.name)
+    except LconnxError:
+        raise
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = str(exc).strip().splitlines()
+        raise LconnxError(
+            f"onnxruntime quantization failed: {text[0] if text else type(exc).__name__}"
+        ) from exc
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return dst
+
+
+def quantized_op_counts(model: onnx.ModelProto | str | os.PathLike[str]) -> Counter[str]:
+    """How many nodes of each quantization op type the main graph has (empty: a float model)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)
