@@ -26,12 +26,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,9 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import run_measured  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OPSET = 17
@@ -321,32 +321,16 @@ def wait_idle(max_wait_s: float, threshold: float = 0.15) -> float:
 
 
 def run_child(cmd: list[str], mem_cap: int | None, timeout_s: float) -> Run:
-    """Run ``cmd`` in a fresh process; ``os.wait4`` gives that child's own rusage."""
-
-    def cap() -> None:
-        if mem_cap:
-            resource.setrlimit(resource.RLIMIT_AS, (mem_cap, mem_cap))
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        busy = _cpu_busy_s()
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, preexec_fn=cap)
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        busy = _cpu_busy_s() - busy
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        tail = err.read().strip()[-2000:]
-    if proc.returncode == -9 and wall >= timeout_s:
+    """Run ``cmd`` in a fresh process (``measure.run_measured``: its own peak RSS, not ours)."""
+    busy = _cpu_busy_s()
+    measured = run_measured(cmd, timeout_s=timeout_s, mem_cap=mem_cap)
+    busy = _cpu_busy_s() - busy
+    wall = measured.wall_s
+    tail = measured.stderr.strip()[-2000:]
+    if measured.returncode == -9 and wall >= timeout_s:
         tail = f"killed after the {timeout_s:.0f} s timeout\n{tail}"
-    cpu = usage.ru_utime + usage.ru_stime
-    other = max(0.0, (busy - cpu) / (wall * (os.cpu_count() or 1)))
-    return Run(proc.returncode, wall, usage.ru_maxrss * 1024, tail, cpu, other)
+    other = max(0.0, (busy - measured.cpu_s) / (wall * (os.cpu_count() or 1)))
+    return Run(measured.returncode, wall, measured.peak_rss, tail, measured.cpu_s, other)
 
 
 def _failure(run: Run, mem_cap: int | None) -> str:
@@ -553,7 +537,8 @@ def _cells(row: dict) -> list[str]:
     elif "skipped" in sl:
         cells += [sl["skipped"], ""]
     else:
-        cells += [f"{sl['wall_s']:.1f}", _gb(sl["peak_rss"])]
+        mark = " †" if sl.get("earlier_run") else ""
+        cells += [f"{sl['wall_s']:.1f}{mark}", f"{_gb(sl['peak_rss'])}{mark}"]
     return cells
 
 
@@ -628,6 +613,16 @@ def print_table(result: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _earlier_onnxslim(path: Path) -> dict[str, dict]:
+    """onnxslim's measured rows from an earlier run, by graph name, marked as such."""
+    rows = json.loads(path.read_text())["rows"]
+    return {
+        row["graph"]: {**row["onnxslim"], "earlier_run": True}
+        for row in rows
+        if {"wall_s", "error"} & row.get("onnxslim", {}).keys()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="+", default=[12, 48, 200])
@@ -641,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-small", action="store_true", help="skip the small-node graph")
     parser.add_argument("--no-onnxslim", action="store_true", help="time lconnx only")
+    parser.add_argument(
+        "--onnxslim-from",
+        type=Path,
+        help="reuse onnxslim's figures for the same graphs from this earlier pass_speed.json "
+        "(onnxslim takes ~30 min on the 100k-node graph); marked † in the table",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--keep", action="store_true", help="keep the generated models")
     parser.add_argument("--work", type=Path, help="folder for the models (default: a /tmp dir)")
@@ -667,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_onnxslim(args.onnxslim_from) if args.onnxslim_from else {}
     work = Path(tempfile.mkdtemp(prefix="lconnx-pass-speed-", dir=args.work))
     result: dict = {"machine": machine(), "repeat": settings.repeat, "rows": [], "notes": []}
     if mem_cap:
@@ -697,7 +699,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(f"  {model.nodes:,} nodes, {model.bytes / GB:.2f} GB; lconnx…", flush=True)
             row["lconnx"] = measure_lconnx(model, work, settings)
-            if args.no_onnxslim:
+            if model.name in earlier:
+                row["onnxslim"] = earlier[model.name]
+            elif args.no_onnxslim:
                 row["onnxslim"] = {"skipped": "not run"}
             else:
                 print("  onnxslim…", flush=True)
@@ -722,6 +726,11 @@ def main(argv: list[str] | None = None) -> int:
         "where the input is 2-D or fully static, so not here); it does not merge two GEMMs, "
         "so it folds none of these sites."
     )
+    if any(row["onnxslim"].get("earlier_run") for row in result["rows"]):
+        result["notes"].append(
+            f"† onnxslim figures reused from an earlier run ({args.onnxslim_from.name}, same "
+            "generator, seed and machine), not re-measured."
+        )
     busy = [
         f"{row['graph']} ({tool} {row[tool]['other_load']:.0%})"
         for row in result["rows"]
