@@ -158,6 +158,12 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fold even where the merged GEMM is larger (bottlenecks)",
     )
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="also split blocks whose per-unit slopes are only partly ≈1 into a direct "
+        "linear path plus a narrower MLP, where cheaper",
+    )
 
 
 def _tolerance(text: str) -> float:
@@ -235,7 +241,9 @@ def _analyze(args: argparse.Namespace) -> int:
     from lconnx.collapse import analyze
     from lconnx.report import render_table
 
-    report = analyze(args.input, tolerance=args.tolerance, allow_growth=args.allow_growth)
+    report = analyze(
+        args.input, tolerance=args.tolerance, allow_growth=args.allow_growth, partial=args.partial
+    )
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
     else:
@@ -267,7 +275,13 @@ def _optimize(args: argparse.Namespace) -> int:
     model, external = load_model(args.input)
     out = resolve_output_path(args.input, args.output, external_data_files(model))
     # checked below, on the written file, once the input's weights are freed
-    result = collapse(model, tolerance=args.tolerance, allow_growth=args.allow_growth, check=False)
+    result = collapse(
+        model,
+        tolerance=args.tolerance,
+        allow_growth=args.allow_growth,
+        check=False,
+        partial=args.partial,
+    )
     console = _console()
     console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
 

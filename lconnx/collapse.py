@@ -21,6 +21,7 @@ from lconnx.errors import UnsupportedModelError
 from lconnx.fold import Names, fold
 from lconnx.io import check_in_memory, load_model
 from lconnx.memory import release_garbage
+from lconnx.partial import collapse_partially
 from lconnx.report import Report, Site
 from lconnx.shapes import annotate, inferred_value_info, reinfer
 from lconnx.subgraphs import node_subgraphs
@@ -46,21 +47,25 @@ def collapse(
     tolerance: float = DEFAULT_TOLERANCE,
     allow_growth: bool = False,
     check: bool = True,
+    partial: bool = False,
 ) -> CollapseResult:
-    """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified."""
+    """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified.
+
+    ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
+    a direct linear path plus a narrower MLP (``lconnx.partial``), where that is cheaper."""
     if tolerance < 0 or not np.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
     external = False
     if not isinstance(model, onnx.ModelProto):
         model, external = load_model(model)
-    report = Report(tolerance=tolerance, allow_growth=allow_growth)
+    report = Report(tolerance=tolerance, allow_growth=allow_growth, partial=partial)
     report.params_before = parameter_count(model)
     report.nodes_before = len(model.graph.node)
 
     graph = _import(model)
     sites: dict[tuple[str, str], Site] = {}
     declared = {vi.name for vi in model.graph.input}
-    _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites)
+    _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites, partial)
     report.sites = list(sites.values())
 
     checked = True
@@ -88,9 +93,12 @@ def analyze(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     allow_growth: bool = False,
+    partial: bool = False,
 ) -> Report:
     """The decisions ``collapse`` would take, without producing a model to save."""
-    return collapse(model, tolerance=tolerance, allow_growth=allow_growth, check=False).report
+    return collapse(
+        model, tolerance=tolerance, allow_growth=allow_growth, check=False, partial=partial
+    ).report
 
 
 def _import(model: onnx.ModelProto) -> gs.Graph:
@@ -109,6 +117,7 @@ def _collapse_graph(
     tolerance: float,
     allow_growth: bool,
     sites: dict[tuple[str, str], Site],
+    partial: bool = False,
 ) -> None:
     """Fold ``graph`` and, first, every If / Loop / Scan body inside it, with the same rules."""
     for node in graph.nodes:
@@ -116,9 +125,11 @@ def _collapse_graph(
             # the body's own inputs, plus the enclosing scopes' (initializers a caller may
             # override stay runtime values when a body reads them as outer-scope names)
             inputs = {t.name for t in sub.inputs} | declared_inputs
-            _collapse_graph(sub, inputs, names, tolerance, allow_growth, sites)
+            _collapse_graph(sub, inputs, names, tolerance, allow_growth, sites, partial)
     facts = GraphFacts.of(graph, declared_inputs)
     _run_rounds(graph, facts, names, tolerance, allow_growth, sites)
+    if partial:  # after the whole-block folds: it only takes the sites they left
+        collapse_partially(graph, facts, names, tolerance, sites)
 
 
 def _run_rounds(

@@ -28,9 +28,16 @@ class Site:
     weights_after: int = 0
     flops_before: int = 0  # per input row
     flops_after: int = 0
+    kept_units: int | None = None  # partial collapse: hidden units left in the narrow MLP
+
+    @property
+    def partial(self) -> bool:
+        return self.folded and self.kept_units is not None
 
     @property
     def decision(self) -> str:
+        if self.partial:
+            return "partially folded"
         return "folded" if self.folded else "skipped"
 
 
@@ -41,6 +48,7 @@ class Report:
     tolerance: float
     allow_growth: bool
     sites: list[Site] = field(default_factory=list)
+    partial: bool = False  # whether partial (per-unit) collapse was enabled
     params_before: int = 0
     params_after: int = 0
     nodes_before: int = 0
@@ -49,6 +57,11 @@ class Report:
     @property
     def folded(self) -> int:
         return sum(s.folded for s in self.sites)
+
+    @property
+    def partially_folded(self) -> int:
+        """Folded sites that kept a narrower MLP (counted in ``folded`` too)."""
+        return sum(s.partial for s in self.sites)
 
     @property
     def skipped(self) -> int:
@@ -63,9 +76,11 @@ class Report:
         return {
             "tolerance": self.tolerance,
             "allow_growth": self.allow_growth,
+            "partial": self.partial,
             "totals": {
                 "sites": len(self.sites),
                 "folded": self.folded,
+                "partially_folded": self.partially_folded,
                 "skipped": self.skipped,
                 "params_before": self.params_before,
                 "params_after": self.params_after,
@@ -102,7 +117,7 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
     reasons = []
     for i, site in enumerate(report.sites, 1):
         dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.3g}"
-        style = "green" if site.folded else "yellow"
+        style = "cyan" if site.partial else "green" if site.folded else "yellow"
         after_w = f"{site.weights_after:,}" if site.weights_after else "-"
         after_f = f"{site.flops_after:,}" if site.flops_after else "-"
         table.add_row(
@@ -115,12 +130,15 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
             f"{site.weights_before:,}→{after_w}",
             f"{site.flops_before:,}→{after_f}",
         )
-        if not site.folded:
+        if site.partial:
+            reasons.append(Text(f"  #{i} {site.reason}", style="cyan"))
+        elif not site.folded:
             reasons.append(Text(f"  #{i} skipped: {site.reason}", style="yellow"))
     saved = report.params_before - report.params_after
     pct = 100.0 * saved / report.params_before if report.params_before else 0.0
+    partially = f" ({report.partially_folded} partially)" if report.partially_folded else ""
     summary = Text(
-        f"{report.folded} of {len(report.sites)} sites folded; parameters "
+        f"{report.folded} of {len(report.sites)} sites folded{partially}; parameters "
         f"{report.params_before:,} → {report.params_after:,} (−{pct:.1f}%); nodes "
         f"{report.nodes_before:,} → {report.nodes_after:,}"
     )
