@@ -8,6 +8,10 @@ reproducible hypothesis seed; every generated graph must pass ``onnx.checker`` (
 keep its interface, fold exactly the foldable chains, and agree numerically with the
 original and with a float64 evaluation of the spec. Any failure is a mismatch: hypothesis
 stops that chunk and prints the shrunk example. Writes benchmarks/results/fuzz.{json,md}.
+
+About 3 in 7 graphs put the chain in a subgraph (``tests/strategies.py`` ``WRAPS``): an
+``If`` then-branch, a one-iteration ``Loop`` body or a ``Scan`` body, with its weights read
+from the enclosing graph (``*_outer``) or stored in the body (``*_inner``).
 """
 
 from __future__ import annotations
@@ -119,11 +123,13 @@ def _markdown(summary: dict) -> str:
         f"**{summary['graphs']:,} random graphs, {summary['mismatches']} failing chunks** "
         f"({summary['seconds']:.0f} s; `python benchmarks/fuzz.py`). Each graph passed "
         "onnx.checker (full) before and after, kept its interface, folded exactly its foldable "
-        "chains and matched the original in onnxruntime / onnx.reference.",
+        "chains (in the main graph or inside an If / Loop / Scan body) and matched the original "
+        "in onnxruntime / onnx.reference.",
         "",
         f"- opsets: {pick('opset=')}",
         f"- dtype and rank: {pick('dtype=')}",
         f"- middle ops: {pick('middle=')}",
+        f"- chain inside a subgraph (else the main graph): {pick('wrapped: ')}",
         f"- folds per graph: {pick('folds=')}",
     ]
     for chunk in summary["chunks"]:

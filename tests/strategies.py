@@ -198,8 +198,9 @@ class ChainSpec:
     side_dim: int  # output width of the side chain's second linear
     seed: int
     anonymous: bool = False  # every node has an empty name (as some exporters write them)
-    # None, or the whole chain inside an If's then_branch, its weights read from the outer
-    # scope ("if_outer") or stored in the body ("if_inner"; overridable ones stay outside)
+    # None, or the whole chain inside an If's then_branch, a Loop body or a Scan body (see
+    # WRAPS), its weights read from the outer scope ("*_outer") or stored in the body
+    # ("*_inner"; overridable ones stay outside)
     wrap: str | None = None
     side_w: np.ndarray | None = field(default=None, repr=False)
 
@@ -384,8 +385,11 @@ def run_dims(draw, start: int, k: int, free: bool) -> tuple[list[int], bool]:
 
 
 @st.composite
-def chain_specs(draw, max_linears: int = 5) -> ChainSpec:
-    """A random chain of 2..max_linears linears with middles, taps and a side branch."""
+def chain_specs(
+    draw, max_linears: int = 5, wraps: tuple[str | None, ...] | None = None
+) -> ChainSpec:
+    """A random chain of 2..max_linears linears with middles, taps and a side branch;
+    ``wraps`` restricts where the chain sits (None: anywhere, see :data:`WRAPS`)."""
     dtype = draw(st.sampled_from([FLOAT, FLOAT, FLOAT, FLOAT16, BFLOAT16, DOUBLE]))
     # bfloat16 needs opset ≥ 16 (PRelu, LeakyRelu); float64 runs in onnx.reference, whose older
     # op versions disagree with the spec at opset 13 (seen: If + MatMul), so from opset 17
@@ -403,7 +407,9 @@ def chain_specs(draw, max_linears: int = 5) -> ChainSpec:
                 layer.bias = "n"
             else:
                 layer.rows_width = draw(st.sampled_from([1, 0]))
-    wrap = draw(st.sampled_from([None] * 4 + ["if_outer", "if_inner"]))
+    wrap = draw(
+        st.sampled_from([None] * 8 + list(WRAPS)) if wraps is None else st.sampled_from(wraps)
+    )
     # A Reshape junction keeps rows only if lconnx can prove it from shapes: not after a
     # transA Gemm, (rank 3) only with static leading dims, and not inside an If body, where
     # onnx shape inference cannot read the outer-scope target shape (lconnx then refuses).
@@ -786,23 +792,108 @@ def build_model(spec: ChainSpec) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("y", spec.dtype, y_shape), *b.outputs]
     graph = helper.make_graph(b.nodes, "chain", b.inputs, outputs, b.inits)
     if spec.wrap:
-        graph = _wrap_in_if(graph, inner=spec.wrap == "if_inner")
+        graph = wrap_graph(graph, spec.wrap, spec.opset)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)])
     model.ir_version = IR_VERSION[spec.opset]
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-#: The If node's outputs are the chain's output names plus this suffix (a body may not
+#: The wrapped model's outputs are the chain's output names plus this suffix (a body may not
 #: shadow an outer name).
 WRAP_SUFFIX = ":if"
+#: Where a chain may sit, besides the main graph: ``kind_scope`` with kind If / Loop / Scan
+#: and its weights in the outer graph ("outer") or in the body ("inner").
+WRAPS = ("if_outer", "if_inner", "loop_outer", "loop_inner", "scan_outer", "scan_inner")
+
+
+def wrap_graph(graph: onnx.GraphProto, wrap: str, opset: int) -> onnx.GraphProto:
+    """``graph``'s chain moved into the subgraph ``wrap`` names (one of :data:`WRAPS`)."""
+    kind, scope = wrap.split("_")
+    inner = scope == "inner"
+    if kind == "if":
+        return _wrap_in_if(graph, inner)
+    return _wrap_in_loop(graph, inner, opset, scan=kind == "scan")
+
+
+def _split_initializers(
+    graph: onnx.GraphProto, inner: bool
+) -> tuple[list[onnx.TensorProto], list[onnx.TensorProto]]:
+    """(body, outer) initializers: with ``inner`` the body keeps all but the overridable ones."""
+    declared = {vi.name for vi in graph.input}
+    body = [t for t in graph.initializer if inner and t.name not in declared]
+    outer = [t for t in graph.initializer if not (inner and t.name not in declared)]
+    return body, outer
+
+
+def _wrap_in_loop(graph: onnx.GraphProto, inner: bool, opset: int, scan: bool) -> onnx.GraphProto:
+    """``graph`` as the body of a one-iteration ``Loop`` (trip count 1) or a
+    ``Scan`` over ``x`` unsqueezed to a sequence of one; each output comes back stacked on a
+    new axis 0, which a ``Squeeze`` removes. The Loop body reads ``x`` (and any other input)
+    from the outer scope; the Scan body gets ``x`` as its scan input."""
+    body_inits, outer_inits = _split_initializers(graph, inner)
+    nodes: list[onnx.NodeProto] = []
+    stacked = [f"{vi.name}:stacked" for vi in graph.output]
+    if opset >= 13:  # Squeeze / Unsqueeze take axes as an input from opset 13
+        axes = numpy_helper.from_array(np.array([0], np.int64), "wrap/axes")
+        nodes.append(helper.make_node("Constant", [], ["wrap/axes"], "wrap/axes", value=axes))
+        axes_in, axes_attr = ["wrap/axes"], {}
+    else:
+        axes_in, axes_attr = [], {"axes": [0]}
+    if scan:
+        x_info = onnx.ValueInfoProto()
+        x_info.CopyFrom(graph.input[0])
+        x_info.name = "scan/x"
+        body_nodes = []
+        for node in graph.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = ["scan/x" if name == "x" else name for name in node.input]
+            body_nodes.append(copy)
+        body = helper.make_graph(body_nodes, "scan_body", [x_info], list(graph.output), body_inits)
+        nodes.append(
+            helper.make_node("Unsqueeze", ["x", *axes_in], ["scan/xs"], "scan/xs", **axes_attr)
+        )
+        nodes.append(
+            helper.make_node("Scan", ["scan/xs"], stacked, "scan", body=body, num_scan_inputs=1)
+        )
+    else:
+        body = helper.make_graph(
+            [
+                *graph.node,
+                helper.make_node("Identity", ["loop/cond_in"], ["loop/cond_out"], "loop/cond"),
+            ],
+            "loop_body",
+            [
+                helper.make_tensor_value_info("loop/i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("loop/cond_in", TensorProto.BOOL, []),
+            ],
+            [helper.make_tensor_value_info("loop/cond_out", TensorProto.BOOL, []), *graph.output],
+            body_inits,
+        )
+        trips = numpy_helper.from_array(np.array(1, np.int64), "loop/M")
+        nodes.append(helper.make_node("Constant", [], ["loop/M"], "loop/M", value=trips))
+        # an explicit condition: onnx.reference (1.23) runs no iteration when it is omitted
+        cond = numpy_helper.from_array(np.array(True), "loop/cond")
+        nodes.append(helper.make_node("Constant", [], ["loop/cond"], "loop/cond", value=cond))
+        nodes.append(helper.make_node("Loop", ["loop/M", "loop/cond"], stacked, "loop", body=body))
+    outputs = []
+    for vi, name in zip(graph.output, stacked, strict=True):
+        outer = onnx.ValueInfoProto()
+        outer.CopyFrom(vi)
+        outer.name = vi.name + WRAP_SUFFIX
+        outputs.append(outer)
+        nodes.append(
+            helper.make_node(
+                "Squeeze", [name, *axes_in], [outer.name], f"{name}/squeeze", **axes_attr
+            )
+        )
+    return helper.make_graph(nodes, graph.name, list(graph.input), outputs, outer_inits)
 
 
 def _wrap_in_if(graph: onnx.GraphProto, inner: bool) -> onnx.GraphProto:
     """``graph`` as the then_branch of an ``If`` whose condition is a constant True."""
-    declared = {vi.name for vi in graph.input}
-    body_inits = [t for t in graph.initializer if inner and t.name not in declared]
-    outer_inits = [t for t in graph.initializer if not (inner and t.name not in declared)]
+    body_inits, outer_inits = _split_initializers(graph, inner)
     then_branch = helper.make_graph(list(graph.node), "then", [], list(graph.output), body_inits)
     else_nodes, else_outputs = [], []
     for vi in graph.output:
