@@ -12,6 +12,15 @@ from .discovery import Block, Discovery, Rejection, TraceError, discover
 from .export import export_onnx
 from .fit import fit_negative_slopes
 from .fold import FoldedBlock, FoldReport, SkippedBlock, collapse_, fold, slope_deviation
+from .partial import (
+    PartialCollapseRegularizer,
+    PartialReport,
+    UnitStats,
+    linear_units,
+    partial_penalty,
+    select_units,
+    snap_linear_units_,
+)
 from .prelu import CollapsiblePReLU, prelu_last_axis
 from .progressive import ProgressiveReport, ProgressiveStep, progressive_collapse
 from .regularizer import (
@@ -32,6 +41,8 @@ __all__ = [
     "FoldReport",
     "FoldedBlock",
     "LayerCollapseRegularizer",
+    "PartialCollapseRegularizer",
+    "PartialReport",
     "ProgressiveReport",
     "ProgressiveStep",
     "RegularizerReport",
@@ -39,6 +50,7 @@ __all__ = [
     "SkippedBlock",
     "SlopeStats",
     "TraceError",
+    "UnitStats",
     "collapse_",
     "collapse_penalty",
     "collapsible_modules",
@@ -46,10 +58,14 @@ __all__ = [
     "export_onnx",
     "fit_negative_slopes",
     "fold",
+    "linear_units",
     "make_collapsible",
     "param_groups",
+    "partial_penalty",
     "prelu_last_axis",
     "progressive_collapse",
     "schedule_factor",
+    "select_units",
     "slope_deviation",
+    "snap_linear_units_",
 ]
