@@ -4,6 +4,7 @@ The public API never imports torch or onnxruntime; those are optional extras.
 """
 
 from lconnx._version import __version__
+from lconnx.budget import collapse_with_budget
 from lconnx.collapse import DEFAULT_TOLERANCE, CollapseResult, analyze, collapse
 from lconnx.errors import LconnxError
 from lconnx.report import Report, Site
@@ -17,4 +18,5 @@ __all__ = [
     "__version__",
     "analyze",
     "collapse",
+    "collapse_with_budget",
 ]

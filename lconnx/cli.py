@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lconnx._version import __version__
 from lconnx.errors import LconnxError, OutputPathError
@@ -62,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         metavar="D.npz",
         help="verify on these named input arrays (plus optional 'labels') instead of random ones",
+    )
+    budget = opt.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-accuracy-drop",
+        type=_non_negative,
+        metavar="P",
+        help="training-free collapse: also replace activations by per-unit affine fits on --data "
+        "while top-1 accuracy drops by at most P points (needs 'labels' in the npz)",
+    )
+    budget.add_argument(
+        "--max-embedding-error",
+        type=_non_negative,
+        metavar="E",
+        help="training-free collapse without labels: as --max-accuracy-drop, with the budget "
+        "mean over samples of 1 − cos(original, collapsed output) ≤ E",
     )
 
     ana = sub.add_parser("analyze", help="print what optimize would fold, and why not")
@@ -272,18 +288,28 @@ def _optimize(args: argparse.Namespace) -> int:
         Path(args.output).resolve(),
     ):
         raise OutputPathError(f"{args.report}: the report must not overwrite a model file")
+    budgeted = args.max_accuracy_drop is not None or args.max_embedding_error is not None
+    if budgeted and not args.data:
+        raise LconnxError("--max-accuracy-drop / --max-embedding-error need calibration --data")
     model, external = load_model(args.input)
     out = resolve_output_path(args.input, args.output, external_data_files(model))
-    # checked below, on the written file, once the input's weights are freed
-    result = collapse(
-        model,
-        tolerance=args.tolerance,
-        allow_growth=args.allow_growth,
-        check=False,
-        partial=args.partial,
-    )
     console = _console()
+    if budgeted:
+        result = _collapse_with_budget(args, model, console)
+    else:
+        # checked below, on the written file, once the input's weights are freed
+        result = collapse(
+            model,
+            tolerance=args.tolerance,
+            allow_growth=args.allow_growth,
+            check=False,
+            partial=args.partial,
+        )
     console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
+    if result.report.budget is not None:
+        from lconnx.budget import render_curve
+
+        console.print(render_curve(result.report.budget))
 
     verification = None
     if not args.no_verify and result.report.folded:
@@ -324,6 +350,31 @@ def _optimize(args: argparse.Namespace) -> int:
         write_text_atomic(Path(args.report), json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {out}")
     return 0
+
+
+def _collapse_with_budget(args: argparse.Namespace, model: Any, console: Any) -> Any:
+    """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``)."""
+    from lconnx.budget import collapse_with_budget
+    from lconnx.verify import LABELS_KEY, load_data
+
+    feeds, labels = load_data(args.data, model)  # one-line errors before any work
+    if args.max_accuracy_drop is not None and labels is None:
+        raise LconnxError(
+            f"--max-accuracy-drop needs labels: {args.data} has no '{LABELS_KEY}' array"
+        )
+    if args.partial:
+        raise LconnxError("--partial cannot be combined with an accuracy or error budget yet")
+    return collapse_with_budget(
+        model,
+        feeds,
+        labels=labels,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_embedding_error=args.max_embedding_error,
+        tolerance=args.tolerance,
+        allow_growth=args.allow_growth,
+        check=False,
+        log=lambda line: console.print(line, highlight=False),
+    )
 
 
 def _shapes(args: argparse.Namespace) -> dict[str, list[int]]:

@@ -53,6 +53,8 @@ class Report:
     params_after: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
+    #: training-free collapse (``lconnx.budget``): metric, limit, per-site costs and the curve
+    budget: dict[str, Any] | None = None
 
     @property
     def folded(self) -> int:
@@ -73,6 +75,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         sites = [asdict(s) | {"decision": s.decision} for s in self.sites]
+        extra = {} if self.budget is None else {"budget": self.budget}
         return {
             "tolerance": self.tolerance,
             "allow_growth": self.allow_growth,
@@ -89,6 +92,7 @@ class Report:
                 "flops_saved_per_row": self.flops_saved_per_row,
             },
             "sites": sites,
+            **extra,
         }
 
     def to_json(self) -> str:

@@ -1,0 +1,363 @@
+"""Training-free collapse, part 1: recognise activations and fit each hidden unit affinely.
+
+A model never trained with LayerCollapse's regulariser has real nonlinearities between its
+linears. On calibration data each hidden unit ``j`` of ``y = W2·act(W1·x + b1) + b2`` can still
+be replaced by its least-squares line ``act(z_j) ≈ α_j·z_j + β_j`` over the observed
+pre-activations ``z_j``; the block then folds like a near-identity one:
+``W = W1·diag(α)·W2``, ``b = (b1·α + β)·W2 + b2`` (float64, cast back once).
+
+The fit is empirical: ``z`` (the first linear's output) and ``a`` (the second linear's input)
+are both read from onnxruntime as extra graph outputs, so whatever the activation computes at
+run time (PRelu slopes, the exact Erf or tanh GELU, a trailing Dropout) is what is fitted.
+Recognition decides only *where* a per-unit fit is meaningful: every op between the linears is
+elementwise per hidden unit, and at least one of them is a known activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from lconnx.activations import Composite
+from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
+from lconnx.fold import Names, fold
+from lconnx.linear import Rejection
+from lconnx.middle import Affine, match_middle
+
+#: Single-node activations whose per-unit fit is meaningful (each acts per element).
+ACTIVATION_OPS = frozenset(
+    {
+        "Relu",
+        "Gelu",
+        "LeakyRelu",
+        "PRelu",
+        "Sigmoid",
+        "Tanh",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Softplus",
+        "HardSigmoid",
+        "HardSwish",
+        "Mish",
+    }
+)
+#: Multi-node activations recognised by ``lconnx.activations`` that are fitted as one.
+COMPOSITE_LABELS = frozenset(
+    {"GELU (Erf form)", "GELU (tanh form)", "SiLU (x·sigmoid(x))", "HardSwish", "Mish"}
+)
+#: Ops that are the identity at inference and may sit next to the activation.
+PASS_THROUGH = frozenset({"Identity", "Dropout"})
+#: Pre-activation variance below which a unit is treated as constant (α = 0, β = mean).
+DEGENERATE_VARIANCE = 1e-12
+
+
+# --------------------------------------------------------------------------- recognition
+
+
+@dataclass
+class FitSite:
+    """A ``Linear → activation → Linear`` chain that a per-unit affine fit could fold."""
+
+    chain: Chain
+    label: str  # "Relu", "GELU (Erf form)", "LeakyRelu(0.2)" …
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.chain.key
+
+    @property
+    def name(self) -> str:
+        head = self.chain.first.head
+        return head.name or f"({head.op})"
+
+    @property
+    def pre(self) -> str:
+        """The pre-activation tensor ``z`` (the first linear's output)."""
+        return self.chain.first.y.name
+
+    @property
+    def post(self) -> str:
+        """The activation's output ``a`` (the second linear's input)."""
+        return self.chain.second.x.name
+
+    @property
+    def hidden(self) -> int:
+        return self.chain.cost.hidden
+
+
+def activation_label(chain: Chain, facts: GraphFacts) -> str | Rejection:
+    """The activation between the chain's linears, or why a per-unit fit does not apply."""
+    labels: list[str] = []
+    in_composite = {id(n) for c in chain.composites for n in c.nodes}
+    for composite in chain.composites:
+        if not composite.known or composite.label not in COMPOSITE_LABELS:
+            return Rejection(f"{composite.label} is not a recognised activation")
+        labels.append(_composite_label(composite))
+    for node in chain.middle:
+        if id(node) in in_composite:
+            continue
+        if node.op in PASS_THROUGH:
+            match = match_middle(node, 0.0, facts.inputs, chain.cost.hidden)
+            if isinstance(match, Rejection):
+                return match
+        elif node.op in ACTIVATION_OPS:
+            labels.append(_op_label(node, facts))
+        else:
+            return Rejection(f"{node.op} is not an elementwise activation")
+    if not labels:
+        return Rejection("no activation between the linears")
+    return " → ".join(labels)
+
+
+def _composite_label(composite: Composite) -> str:
+    return composite.label
+
+
+def _op_label(node: gs.Node, facts: GraphFacts) -> str:
+    if node.op == "LeakyRelu":
+        return f"LeakyRelu({float(node.attrs.get('alpha', 0.01)):g})"
+    if node.op == "Gelu" and node.attrs.get("approximate", "none") == "tanh":
+        return "Gelu(tanh)"
+    return node.op
+
+
+def structural_problem(chain: Chain, facts: GraphFacts) -> str | None:
+    """The safety rules of ``lconnx.chains`` restated for a multi-node middle: a composite
+    reads its input more than once, so "one consumer" becomes "consumers inside the chain"."""
+    first, second = chain.first, chain.second
+    if first.problem or second.problem:
+        return first.problem or second.problem
+    if first.elem_type not in FLOAT_TYPES:
+        return f"dtype {elem_type_name(first.elem_type)} is not supported"
+    if second.elem_type != first.elem_type:
+        return (
+            f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
+            f"{elem_type_name(second.elem_type)}"
+        )
+    if second.trans_a:
+        return "second Gemm has transA=1 (it mixes rows)"
+    h = chain.cost.hidden
+    if first.shape[1] != second.shape[0]:
+        return f"inner dimensions differ: {first.shape[1]} vs {second.shape[0]}"
+    members = {id(n) for n in chain.nodes}
+    inside = {id(first.y)} | {id(t) for n in chain.middle for t in n.outputs}
+    private = [*first.inner, first.y, *(t for n in chain.middle for t in n.outputs), *second.inner]
+    for tensor in private:
+        if tensor.name in facts.outputs:
+            return f"hidden tensor '{tensor.name}' is a graph output"
+        if tensor.name in facts.subgraph_refs:
+            return f"hidden tensor '{tensor.name}' is read inside a subgraph"
+        if any(id(c) not in members for c in tensor.outputs):
+            return f"hidden tensor '{tensor.name}' is read outside the block"
+    for node in chain.middle:
+        for tensor in node.inputs:
+            if not tensor.name or id(tensor) in inside:
+                continue
+            ref = const_ref(tensor, facts.inputs)
+            if ref is None:
+                return f"{node.op} reads '{tensor.name}', which is not a constant"
+            shape = ref.shape
+            if any(d != 1 for d in shape[:-1]) or (shape and shape[-1] not in (1, h)):
+                return f"{node.op} constant of shape {list(shape)} is not per hidden unit"
+    return None
+
+
+def fit_candidates(
+    graph: gs.Graph, facts: GraphFacts, allow_growth: bool = False
+) -> tuple[list[FitSite], dict[tuple[str, str], str]]:
+    """Chains an affine fit could fold (profitable ones only), and why each other chain with an
+    activation cannot: ``(candidates, {key: reason})``."""
+    linears = index_linears(graph, facts)
+    candidates: list[FitSite] = []
+    reasons: dict[tuple[str, str], str] = {}
+    seen: set[tuple[str, str]] = set()
+    for chain in find_chains(linears, facts, tolerance=0.0, allow_growth=True):
+        if chain.key in seen:
+            continue
+        seen.add(chain.key)
+        label = activation_label(chain, facts)
+        if isinstance(label, Rejection):
+            reasons[chain.key] = label.reason
+            continue
+        problem = structural_problem(chain, facts)
+        if problem is None and not (chain.cost.profitable or allow_growth):
+            cost = chain.cost
+            problem = f"not profitable: {cost.matrix_before:,} → {cost.matrix_after:,} weights"
+        if problem is not None:
+            reasons[chain.key] = problem
+            continue
+        candidates.append(FitSite(chain, label))
+    return candidates, reasons
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class UnitFit:
+    """Per hidden unit: the line ``a ≈ scale·z + shift`` and how well it fits (R²)."""
+
+    scale: np.ndarray  # α, float64 (h,)
+    shift: np.ndarray  # β
+    r2: np.ndarray  # 1 − SS_res/SS_tot per unit; 1 where the output is constant
+    residual: float  # Σ SS_res / Σ SS_tot over all units: the share of variance lost
+    rows: int  # calibration rows (samples × positions) the fit saw
+
+    def summary(self) -> dict[str, float]:
+        """Fit quality in numbers a report can show."""
+        return {
+            "rows": self.rows,
+            "r2_median": float(np.median(self.r2)),
+            "r2_min": float(np.min(self.r2)),
+            "units_r2_above_0.99": float(np.mean(self.r2 > 0.99)),
+            "variance_lost": self.residual,
+        }
+
+
+class FitStats:
+    """Running per-unit means and (co)variances of ``z`` and ``a`` (Chan's merge, float64),
+    so calibration data of any size is fitted in bounded memory and without cancellation."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.n = 0
+        self.mean_z = np.zeros(width)
+        self.mean_a = np.zeros(width)
+        self.czz = np.zeros(width)
+        self.cza = np.zeros(width)
+        self.caa = np.zeros(width)
+
+    def add(self, z: np.ndarray, a: np.ndarray) -> None:
+        if z.shape != a.shape or z.shape[-1] != self.width:
+            raise ValueError(
+                f"pre-activation {z.shape} and activation {a.shape} do not both have "
+                f"{self.width} features on the last axis"
+            )
+        z2 = np.asarray(z, np.float64).reshape(-1, self.width)
+        a2 = np.asarray(a, np.float64).reshape(-1, self.width)
+        m = len(z2)
+        if m == 0:
+            return
+        mz, ma = z2.mean(axis=0), a2.mean(axis=0)
+        dz, da = z2 - mz, a2 - ma
+        czz, cza, caa = (dz * dz).sum(0), (dz * da).sum(0), (da * da).sum(0)
+        n = self.n + m
+        delta_z, delta_a = mz - self.mean_z, ma - self.mean_a
+        weight = self.n * m / n
+        self.czz += czz + delta_z * delta_z * weight
+        self.cza += cza + delta_z * delta_a * weight
+        self.caa += caa + delta_a * delta_a * weight
+        self.mean_z += delta_z * m / n
+        self.mean_a += delta_a * m / n
+        self.n = n
+
+    def solve(self) -> UnitFit:
+        """Least squares per unit; a unit whose ``z`` never varies gets ``α = 0, β = mean(a)``."""
+        if self.n == 0:
+            raise ValueError("no calibration rows")
+        flat = self.czz <= DEGENERATE_VARIANCE * (1.0 + self.mean_z**2) * self.n
+        safe = np.where(flat, 1.0, self.czz)
+        scale = np.where(flat, 0.0, self.cza / safe)
+        shift = self.mean_a - scale * self.mean_z
+        ss_res = np.maximum(np.where(flat, self.caa, self.caa - scale * self.cza), 0.0)
+        has_var = self.caa > 0
+        r2 = np.where(has_var, 1.0 - ss_res / np.where(has_var, self.caa, 1.0), 1.0)
+        total = float(self.caa.sum())
+        residual = float(ss_res.sum() / total) if total > 0 else 0.0
+        return UnitFit(scale, shift, r2, residual, self.n)
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[tuple[str, int]]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the named intermediate tensors."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for name, elem_type in names:
+        if name not in present:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+            present.add(name)
+    return probe
+
+
+def chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``feeds`` split along axis 0 when every input shares that axis's length, else whole."""
+    lengths = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
+    if len(lengths) != 1 or -1 in lengths or size <= 0:
+        yield feeds
+        return
+    n = lengths.pop()
+    for start in range(0, max(n, 1), size):
+        yield {k: v[start : start + size] for k, v in feeds.items()}
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    sites: list[FitSite],
+    feeds: dict[str, np.ndarray],
+    *,
+    chunk: int = 64,
+    threads: int | None = None,
+) -> dict[tuple[str, str], UnitFit]:
+    """Per-unit affine fits of every site, from one onnxruntime pass over ``feeds``."""
+    from lconnx.verify import LconnxError, make_session
+
+    if not sites:
+        return {}
+    wanted = [(s.pre, s.chain.first.elem_type) for s in sites]
+    wanted += [(s.post, s.chain.first.elem_type) for s in sites]
+    session = make_session(with_outputs(model, wanted), threads=threads)
+    names = [s.pre for s in sites] + [s.post for s in sites]
+    names = list(dict.fromkeys(names))
+    stats = {s.key: FitStats(s.hidden) for s in sites}
+    for part in chunks(feeds, chunk):
+        try:
+            values = dict(zip(names, session.run(names, part), strict=True))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise LconnxError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+        for site in sites:
+            stats[site.key].add(values[site.pre], values[site.post])
+    return {key: s.solve() for key, s in stats.items()}
+
+
+# --------------------------------------------------------------------------- folding
+
+
+def fold_fitted(
+    graph: gs.Graph,
+    facts: GraphFacts,
+    names: Names,
+    fits: dict[tuple[str, str], UnitFit],
+) -> list[tuple[str, str]]:
+    """Fold each chain named in ``fits`` with its activation replaced by the fitted lines.
+
+    Chains that share a linear are folded in successive rounds (the second sees the first's
+    merged linear); returns the keys folded, in order."""
+    from lconnx.collapse import _non_overlapping, _splice
+
+    pending = dict(fits)
+    done: list[tuple[str, str]] = []
+    protected = facts.outputs | facts.subgraph_refs
+    while pending:
+        candidates, _ = fit_candidates(graph, facts, allow_growth=True)
+        ready = [c.chain for c in candidates if c.key in pending]
+        batch = _non_overlapping(ready)
+        if not batch:
+            break
+        anchors: dict[int, list[gs.Node]] = {}
+        dropped: set[int] = set()
+        for chain in batch:
+            fit = pending.pop(chain.key)
+            chain.maps = [Affine(scale=fit.scale, shift=fit.shift)]
+            anchor = chain.second.nodes[-1]
+            new, removed = fold(chain, names, protected)
+            anchors[id(anchor)] = new
+            dropped.update(id(n) for n in removed)
+            done.append(chain.key)
+        graph.nodes = _splice(graph.nodes, anchors, dropped)
+    return done
