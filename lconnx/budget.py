@@ -192,6 +192,7 @@ def collapse_with_budget(
     chunk: int = 64,
     check: bool = True,
     log: Callable[[str], None] | None = None,
+    on_step: Callable[[dict[str, Any], onnx.ModelProto], None] | None = None,
 ) -> CollapseResult:
     """Exact folds, then per-unit affine fits of activations, greedily, within one budget.
 
@@ -199,7 +200,9 @@ def collapse_with_budget(
     ``labels`` is given). Exactly one of ``max_accuracy_drop`` (percentage points; needs
     labels) and ``max_embedding_error`` (see the module docstring) is the budget. The report's
     ``budget`` field holds each candidate's fit and cost alone and the curve of trials.
-    Needs onnxruntime."""
+    ``on_step(point, model)`` sees the base model and the model after each site taken (to
+    measure it on held-out data, say). Needs onnxruntime."""
+    from lconnx.flops import count_flops
     from lconnx.verify import LABELS_KEY, load_data
 
     if (max_accuracy_drop is None) == (max_embedding_error is None):
@@ -251,6 +254,8 @@ def collapse_with_budget(
     )
     current, current_meas = base.model, base_meas
     curve: list[dict[str, Any]] = [_point(0, None, base_meas, True, "exact folds only", 0)]
+    if on_step is not None:
+        on_step(curve[0], base.model)
     outcome: dict[Key, tuple[bool, str, UnitFit]] = {}
     taken = 0
     for step, cand in enumerate(order, 1):
@@ -280,6 +285,8 @@ def collapse_with_budget(
             current, current_meas = trial, meas
             outcome[site.key] = (True, f"{metric} {_fmt(meas.loss)} after this step", fit)
             curve.append(_point(step, cand, meas, True, "taken", taken))
+            if on_step is not None:
+                on_step(curve[-1], trial)
         else:
             why = f"would make {metric} {_fmt(meas.loss)} > budget {limit:g}"
             outcome[site.key] = (False, why, fit)
@@ -293,6 +300,7 @@ def collapse_with_budget(
         "limit": limit,
         "data": {"source": source, "samples": evaluator.samples},
         "original_accuracy": evaluator.accuracy_original,
+        "original_flops": count_flops(model, evaluator.per_sample).total,
         "base": base_meas.to_dict(),
         "candidates": [_candidate_dict(c, base_meas) for c in candidates],
         "curve": curve,
