@@ -15,16 +15,16 @@ elementwise per hidden unit, and at least one of them is a known activation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.activations import Composite
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
+from lconnx.errors import LconnxError
 from lconnx.fold import Names, fold
 from lconnx.linear import Rejection
 from lconnx.middle import Affine, match_middle
@@ -98,7 +98,7 @@ def activation_label(chain: Chain, facts: GraphFacts) -> str | Rejection:
     for composite in chain.composites:
         if not composite.known or composite.label not in COMPOSITE_LABELS:
             return Rejection(f"{composite.label} is not a recognised activation")
-        labels.append(_composite_label(composite))
+        labels.append(composite.label)
     for node in chain.middle:
         if id(node) in in_composite:
             continue
@@ -113,10 +113,6 @@ def activation_label(chain: Chain, facts: GraphFacts) -> str | Rejection:
     if not labels:
         return Rejection("no activation between the linears")
     return " → ".join(labels)
-
-
-def _composite_label(composite: Composite) -> str:
-    return composite.label
 
 
 def _op_label(node: gs.Node, facts: GraphFacts) -> str:
@@ -285,15 +281,14 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[tuple[str, int]]) -> on
     return probe
 
 
-def chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """``feeds`` split along axis 0 when every input shares that axis's length, else whole."""
+def batch_slices(feeds: dict[str, np.ndarray], size: int) -> list[slice]:
+    """Slices of axis 0 into runs of ``size`` samples when every input shares that axis's
+    length (a batch axis), else one slice over everything."""
     lengths = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
     if len(lengths) != 1 or -1 in lengths or size <= 0:
-        yield feeds
-        return
+        return [slice(None)]
     n = lengths.pop()
-    for start in range(0, max(n, 1), size):
-        yield {k: v[start : start + size] for k, v in feeds.items()}
+    return [slice(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
 
 
 def calibrate(
@@ -305,7 +300,7 @@ def calibrate(
     threads: int | None = None,
 ) -> dict[tuple[str, str], UnitFit]:
     """Per-unit affine fits of every site, from one onnxruntime pass over ``feeds``."""
-    from lconnx.verify import LconnxError, make_session
+    from lconnx.verify import make_session
 
     if not sites:
         return {}
@@ -315,9 +310,11 @@ def calibrate(
     names = [s.pre for s in sites] + [s.post for s in sites]
     names = list(dict.fromkeys(names))
     stats = {s.key: FitStats(s.hidden) for s in sites}
-    for part in chunks(feeds, chunk):
+    for part in batch_slices(feeds, chunk):
         try:
-            values = dict(zip(names, session.run(names, part), strict=True))
+            values = dict(
+                zip(names, session.run(names, {k: v[part] for k, v in feeds.items()}), strict=True)
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise LconnxError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
         for site in sites:

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.affine_fit import FitSite, UnitFit, calibrate, fit_candidates, fold_fitted
+from lconnx.affine_fit import (
+    FitSite,
+    UnitFit,
+    batch_slices,
+    calibrate,
+    fit_candidates,
+    fold_fitted,
+)
 from lconnx.chains import GraphFacts
 from lconnx.collapse import (
     DEFAULT_TOLERANCE,
@@ -108,7 +115,7 @@ class Evaluator:
     ) -> None:
         self.feeds, self.labels, self.metric = feeds, labels, metric
         self.label_output, self.threads = label_output, threads
-        self.slices = _slices(feeds, chunk)
+        self.slices = batch_slices(feeds, chunk)
         self.per_sample = {k: [1, *v.shape[1:]] if v.ndim else [] for k, v in feeds.items()}
         self.reference = self._run(original)
         self.accuracy_original = self._accuracy(self.reference) if labels is not None else None
@@ -151,14 +158,6 @@ class Evaluator:
             loss = error
         flops = count_flops(model, self.per_sample).total
         return Measurement(loss, error, accuracy, flops)
-
-
-def _slices(feeds: Feeds, size: int) -> list[slice]:
-    lengths = {v.shape[0] if v.ndim else -1 for v in feeds.values()}
-    if len(lengths) != 1 or -1 in lengths or size <= 0:
-        return [slice(None)]
-    n = lengths.pop()
-    return [slice(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
 
 
 # --------------------------------------------------------------------------- the greedy pass

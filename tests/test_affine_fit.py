@@ -250,3 +250,14 @@ def test_a_non_activation_middle_is_not_a_candidate():
     graph, facts = _graph(m)
     sites, _ = fit_candidates(graph, facts)
     assert sites == []  # Softmax mixes units: not even walked through as a middle op
+
+
+def test_calibration_in_batches_equals_one_pass():
+    m = act_mlp("silu")
+    graph, facts = _graph(m)
+    sites, _ = fit_candidates(graph, facts)
+    whole = calibrate(m, sites, _feeds(), chunk=0, threads=1)[sites[0].key]
+    batched = calibrate(m, sites, _feeds(), chunk=7, threads=1)[sites[0].key]
+    assert batched.rows == whole.rows == 256
+    np.testing.assert_allclose(batched.scale, whole.scale, rtol=1e-9)
+    np.testing.assert_allclose(batched.shift, whole.shift, rtol=1e-9, atol=1e-12)

@@ -30,9 +30,20 @@ def _accuracy(m: onnx.ModelProto, feeds, labels) -> float:
 def test_accuracy_budget_is_respected_in_onnxruntime(budget):
     m = act_mlp("Relu", out=4, layers=3)
     feeds, labels = _data(m)
-    result = collapse_with_budget(m, feeds, labels=labels, max_accuracy_drop=budget, threads=1)
+    seen = []
+    result = collapse_with_budget(
+        m,
+        feeds,
+        labels=labels,
+        max_accuracy_drop=budget,
+        threads=1,
+        chunk=100,
+        on_step=lambda point, model: seen.append((point["step"], _accuracy(model, feeds, labels))),
+    )
     drop = 100.0 - _accuracy(result.model, feeds, labels)
     assert drop <= budget
+    assert seen[0] == (0, 100.0) and len(seen) == 1 + result.report.folded
+    assert seen[-1][1] == pytest.approx(100.0 - drop)
     info = result.report.budget
     assert info["metric"] == "accuracy_drop" and info["limit"] == budget
     assert info["final"]["loss"] == pytest.approx(drop)
