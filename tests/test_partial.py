@@ -275,3 +275,34 @@ def test_cli_analyze_and_optimize_with_partial(tmp_path, capsys):
     assert main(["optimize", str(path), str(out), "--partial", "--report", str(report)]) == 0
     assert json.loads(report.read_text())["sites"][0]["decision"] == "partially folded"
     _assert_same(onnx.load(path), onnx.load(out), rand(16, 8))
+
+
+def test_partial_fold_inside_an_if_branch():
+    mlp = mlp_gemm(slope=MIXED)
+    then_graph = helper.make_graph(
+        list(mlp.graph.node),
+        "then",
+        [],
+        [helper.make_tensor_value_info("y", F, ["N", 8])],
+        list(mlp.graph.initializer),
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", F, ["N", 8])],
+    )
+    node = helper.make_node("If", ["cond"], ["z"], then_branch=then_graph, else_branch=else_graph)
+    m = model(
+        [node], [], [("x", F, ["N", 8]), ("cond", TensorProto.BOOL, [])], [("z", F, ["N", 8])]
+    )
+    result = lconnx.collapse(m, partial=True)
+    assert result.report.partially_folded == 1
+    body = next(a.g for a in result.model.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["Gemm", "Gemm", "PRelu", "Gemm", "Add"]
+    x = rand(16, 8)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        np.testing.assert_allclose(
+            run(result.model, feeds)[0], run(m, feeds)[0], rtol=1e-5, atol=1e-5
+        )
