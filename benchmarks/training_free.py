@@ -20,8 +20,9 @@ lost while the budget holds (all measured in onnxruntime, one intra-op thread).
   way. Calibration: a labelled subset of the *training* images; held out: test images.
   Budgets: 0.5, 1 and 2 points of top-1 accuracy on the calibration set.
 
-Writes ``OUT/training_free.json`` and ``OUT/training_free.md``. ``--quick`` uses small subsets:
-a smoke test of the pipeline, not a result.
+Writes ``OUT/training_free.json`` and ``OUT/training_free.md`` (default OUT:
+``benchmarks/results``). ``--quick`` uses small subsets and writes ``training_free_quick.*``: a
+smoke test of the pipeline, not a result. ``--render JSON`` re-writes the Markdown from a result.
 """
 
 from __future__ import annotations
@@ -455,19 +456,40 @@ def findings(payload: dict[str, Any]) -> list[str]:
                 f"{_pct_saved(loose['budget']['original_flops'], steps[-1]['flops'])} of the "
                 "FLOPs."
             )
+        cheapest = min(c["alone"]["loss"] for c in cands)
+        notes.append(
+            f"MiniLM: no embedding-error budget below {cheapest:.3f} (1−cos on the calibration "
+            "sentences) takes any block. Training-free collapse of a pretrained transformer's "
+            "GELU FFNs is not usable as is: that is what LayerCollapse's regularised "
+            "fine-tuning is for."
+        )
     for name in ("vgg", "mixer"):
         r = payload.get(name)
         if not r:
             continue
         for run in r["runs"]:
             bb = run["budget"]
+            held_drop = r["original_test_accuracy"] - run["test_accuracy"]
+            over = " (more than the budget: it holds on the calibration data only)"
             notes.append(
                 f"{name}, budget {run['limit']:g} points: {bb['final']['sites_taken']} of "
                 f"{len(bb['candidates'])} sites, FLOPs "
                 f"−{_pct_saved(bb['original_flops'], bb['final']['flops'])}, calibration "
                 f"accuracy drop {bb['final']['loss']:.2f} points, held-out test accuracy "
-                f"{r['original_test_accuracy']:.2f}% → {run['test_accuracy']:.2f}%."
+                f"{r['original_test_accuracy']:.2f}% → {run['test_accuracy']:.2f}% (drop "
+                f"{held_drop:.2f}){over if held_drop > run['limit'] else ''}."
             )
+        cands = r["runs"][0]["budget"]["candidates"]
+        kinds = sorted({c["activation"] for c in cands})
+        worst = max(c["fit"]["variance_lost"] for c in cands)
+        cheap = min(cands, key=lambda c: c["alone"]["loss"])
+        dear = max(cands, key=lambda c: c["alone"]["loss"])
+        notes.append(
+            f"{name}: the {', '.join(kinds)} lines lose up to {100 * worst:.0f}% of a site's "
+            f"activation variance; cheapest site alone {cheap['site']} "
+            f"({cheap['alone']['loss']:+.2f} points), dearest {dear['site']} "
+            f"({dear['alone']['loss']:+.2f} points)."
+        )
     return notes
 
 
@@ -476,7 +498,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small subsets: a smoke test")
     parser.add_argument("--models", nargs="+", default=["minilm", "vgg", "mixer"])
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only re-write the Markdown from a result"
+    )
     args = parser.parse_args()
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        payload["findings"] = findings(payload)
+        args.render.write_text(json.dumps(payload, indent=2) + "\n")
+        args.render.with_suffix(".md").write_text(markdown(payload))
+        return
     torch.set_num_threads(1)
     start = time.perf_counter()
     payload: dict[str, Any] = {
