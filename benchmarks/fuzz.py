@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report")
     args = parser.parse_args()
     per_chunk = -(-args.examples // args.chunks)
     chunks = []
@@ -106,6 +107,7 @@ def main() -> None:
         "seconds": sum(c["seconds"] for c in chunks),
         "chunks": chunks,
         "coverage": dict(sorted(events.items())),
+        "notes": args.note,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fuzz.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -132,6 +134,8 @@ def _markdown(summary: dict) -> str:
         f"- chain inside a subgraph (else the main graph): {pick('wrapped: ')}",
         f"- folds per graph: {pick('folds=')}",
     ]
+    if summary.get("notes"):
+        lines += ["", "Notes:", "", *(f"- {note}" for note in summary["notes"])]
     for chunk in summary["chunks"]:
         if chunk["failure"]:
             lines += ["", f"Failure (seed {chunk['seed']}):", "```", chunk["failure"], "```"]
