@@ -1,15 +1,17 @@
 """Resource bounds on pathological inputs: does ``lconnx optimize`` finish, or fail with a clear
 message, in bounded time and memory, without a recursion-depth crash?
 
-    python benchmarks/pathological.py [--chain 100000] [--nodes 1000000] [--scaling 100000 250000]
-                                      [--profile 200000] [--mem-cap-gb 8] [--timeout 1200]
+    python benchmarks/pathological.py [--chain 100000] [--shared-chain 5000 10000]
+        [--nodes 1000000] [--scaling 100000 250000] [--profile 100000] [--mem-cap-gb 12]
+        [--timeout 1200] [--append]
 
 Graphs (seeded numpy + onnx.helper, streamed to disk in chunks so the generator never holds
 the whole graph; protobuf merges concatenated messages, so the chunks read back as one model):
 
 - a chain of N linears ``MatMul → PRelu(1) → MatMul → … → MatMul`` on [batch, 4], orthogonal
   4×4 weights (the product stays finite): every junction folds, the whole chain ends as one
-  MatMul after ⌈log2 N⌉ rounds;
+  Gemm after ⌈log2 N⌉ rounds. Each PRelu has its own slope tensor, or (``--shared-chain``)
+  all read one, as after a constant-deduplicating simplifier;
 - a graph of M small nodes (d=8) in 10-node blocks: ``MatMul+Add → PRelu(1) → MatMul+Add``
   (one foldable site), ``→ Relu → MatMul`` (a site that must be refused), ``Tanh``, a
   residual ``Add`` and a ``Mul``: one fold per block, 10 → 6 nodes (the fused linear is a Gemm).
@@ -89,26 +91,34 @@ def _orthogonal(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
     return (q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]).astype(np.float32)
 
 
-def chain_chunks(linears: int, seed: int = 0) -> Iterator[tuple[list, list]]:
-    """``MatMul`` × ``linears`` with ``PRelu(slope 1)`` between each pair, in chunks."""
+def chain_chunks(
+    linears: int, shared_slope: bool = False, seed: int = 0
+) -> Iterator[tuple[list, list]]:
+    """``MatMul`` × ``linears`` with ``PRelu(slope 1)`` between each pair, in chunks. Each
+    PRelu has its own slope initializer (as exporters write them) or, with ``shared_slope``,
+    all read one (as after onnxslim's or onnxsim's deduplication of equal constants)."""
     rng = np.random.default_rng(seed)
     h = "x"
+    one = np.array([1.0], np.float32)
     for start in range(0, linears, CHUNK):
         b = _Builder()
-        if start == 0:
-            b.const("one", np.array([1.0], np.float32))
+        if start == 0 and shared_slope:
+            b.const("one", one)
         weights = _orthogonal(rng, min(CHUNK, linears - start), CHAIN_DIM)
         for k, w in enumerate(weights):
             i = start + k
             out = "y" if i == linears - 1 else f"l{i}/MatMul"
             h = b.node("MatMul", [h, b.const(f"l{i}.weight", w)], out)
             if i < linears - 1:
-                h = b.node("PRelu", [h, "one"], f"l{i}/PRelu")
+                slope = "one" if shared_slope else b.const(f"l{i}/PRelu.slope", one)
+                h = b.node("PRelu", [h, slope], f"l{i}/PRelu")
         yield b.nodes, b.inits
 
 
 def many_nodes_chunks(blocks: int, seed: int = 0) -> Iterator[tuple[list, list]]:
-    """``blocks`` blocks of 10 small nodes (see the module doc), in chunks."""
+    """``blocks`` blocks of 10 small nodes (see the module doc), in chunks. Every PRelu reads
+    one shared slope tensor; blocks fold in graph order, so each fold detaches the first of
+    that tensor's remaining readers."""
     rng = np.random.default_rng(seed)
     d = BLOCK_DIM
     x = "x"
@@ -145,13 +155,15 @@ class Case:
     generate_s: float
 
 
-def write_chain(folder: Path, linears: int) -> Case:
+def write_chain(folder: Path, linears: int, shared_slope: bool = False) -> Case:
     start = time.perf_counter()
-    path = folder / f"chain_{linears}.onnx"
+    path = folder / f"chain_{linears}{'_shared' if shared_slope else ''}.onnx"
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", CHAIN_DIM]) for n in "xy"]
-    nodes = write_streamed(path, "linear_chain", io[:1], io[1:], chain_chunks(linears))
+    chunks = chain_chunks(linears, shared_slope)
+    nodes = write_streamed(path, "linear_chain", io[:1], io[1:], chunks)
+    slopes = "one slope tensor shared by all PRelus" if shared_slope else "a slope per PRelu"
     return Case(
-        f"chain of {linears:,} linears",
+        f"chain of {linears:,} linears ({slopes})",
         path,
         nodes,
         path.stat().st_size,
@@ -284,7 +296,9 @@ def profile(case: Case, work: Path, mem_cap: int | None, timeout_s: float) -> di
 def _row_cells(row: dict) -> list[str]:
     cells = [row["graph"], f"{row['nodes_before']:,}", f"{row['model_bytes'] / 1e6:,.0f}"]
     cap = row.get("mem_cap_bytes")
-    cells += [f"{row['wall_s']:.0f}", f"{row['cpu_s']:.0f}", f"{row['peak_rss'] / GB:.2f}"]
+    killed = row["returncode"] == -9  # the reaper died with it: no rusage
+    cells.append(f"{row['wall_s']:.0f}")
+    cells += ["—", "—"] if killed else [f"{row['cpu_s']:.0f}", f"{row['peak_rss'] / GB:.2f}"]
     cells.append(f"{cap / 2**30:.0f}" if cap else "none")
     if row["message"] == "ok":
         verdict = "yes" if row["correct"] else "**no**"
@@ -369,6 +383,13 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chain", type=int, nargs="*", default=[100_000], help="linears")
+    parser.add_argument(
+        "--shared-chain",
+        type=int,
+        nargs="*",
+        default=[5_000, 10_000],
+        help="linears in chains whose PRelus all read one slope tensor",
+    )
     parser.add_argument("--nodes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument(
         "--scaling",
@@ -377,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[100_000, 250_000],
         help="smaller small-node graphs run first, to show how time and memory grow",
     )
-    parser.add_argument("--profile", type=int, default=200_000, help="nodes; 0 = no profile")
+    parser.add_argument("--profile", type=int, default=100_000, help="nodes; 0 = no profile")
     parser.add_argument("--mem-cap-gb", type=float, default=12.0, help="0 = no cap")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per child")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -406,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in before:
             result["profile"] = before["profile"]
     jobs = [lambda n=n: write_chain(work, n) for n in args.chain]
+    jobs += [lambda n=n: write_chain(work, n, shared_slope=True) for n in args.shared_chain]
     jobs += [lambda n=n: write_many(work, n) for n in sorted(args.scaling + args.nodes)]
     try:
         for make in jobs:
