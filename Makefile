@@ -7,7 +7,7 @@ OUT ?= out
 # torch is pinned to the CPU build that installs from this machine's disk (no multi-GB download).
 INSTALL := -e '.[cpu,train,dev]' 'torch==2.13.0'
 
-.PHONY: demo test lint
+.PHONY: demo test lint paper-table
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 	$(PY) models/synthetic.py $(OUT)/example.onnx --blocks 4 --dim 128 --hidden 512 --slope 1.0
 	$(VENV)/bin/lconnx optimize $(OUT)/example.onnx $(OUT)/example.opt.onnx \
 		--shape x=2,16,128 --max-error 1e-3 --report $(OUT)/example.report.json
+
+# the paper's table on real data (~35 min on 2 cores); Fashion-MNIST comes from Debian:
+#   apt-get install dataset-fashion-mnist
+paper-table: $(VENV)/.installed
+	$(PY) benchmarks/paper_table.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check lconnx tests benchmarks models
