@@ -71,6 +71,7 @@ def collapse(
     checked = True
     if report.folded == 0:
         result = model  # untouched: keeps the pass idempotent byte for byte
+        report.notes.extend(_quantized_note(model))
     else:
         result = _export(graph, model, report)
         del graph  # its numpy copies of the weights are garbage now: free them before the check
@@ -99,6 +100,20 @@ def analyze(
     return collapse(
         model, tolerance=tolerance, allow_growth=allow_growth, check=False, partial=partial
     ).report
+
+
+def _quantized_note(model: onnx.ModelProto) -> list[str]:
+    """Why an int8 model shows no sites: its linears are no longer float MatMul / Gemm."""
+    from lconnx.quantize import quantized_op_counts
+
+    counts = quantized_op_counts(model)
+    if not counts:
+        return []
+    found = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+    return [
+        f"the model is already quantized ({found}): collapse the float model, then quantize "
+        "(lconnx.quantize.quantize_int8)"
+    ]
 
 
 def _import(model: onnx.ModelProto) -> gs.Graph:

@@ -55,6 +55,8 @@ class Report:
     nodes_after: int = 0
     #: training-free collapse (``lconnx.budget``): metric, limit, per-site costs and the curve
     budget: dict[str, Any] | None = None
+    #: model-level remarks a user should see, e.g. why a model offers no sites at all
+    notes: list[str] = field(default_factory=list)
 
     @property
     def folded(self) -> int:
@@ -92,6 +94,7 @@ class Report:
                 "flops_saved_per_row": self.flops_saved_per_row,
             },
             "sites": sites,
+            "notes": list(self.notes),
             **extra,
         }
 
@@ -146,4 +149,5 @@ def render_table(report: Report, title: str = "lconnx") -> Any:
         f"{report.params_before:,} → {report.params_after:,} (−{pct:.1f}%); nodes "
         f"{report.nodes_before:,} → {report.nodes_after:,}"
     )
-    return Group(table, *reasons, summary)
+    notes = [Text(f"note: {note}", style="yellow") for note in report.notes]
+    return Group(table, *reasons, summary, *notes)

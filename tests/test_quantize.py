@@ -87,6 +87,12 @@ def test_quantize_then_collapse_is_a_no_op(
     assert main(["analyze", str(models["int8"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sites"] == [] and report["totals"]["folded"] == 0
+    assert report["notes"] == [
+        "the model is already quantized (3 DynamicQuantizeLinear, 3 MatMulInteger): collapse "
+        "the float model, then quantize (lconnx.quantize.quantize_int8)"
+    ]
+    assert main(["analyze", str(models["int8"])]) == 0
+    assert "note: the model is already quantized" in capsys.readouterr().out
     out = tmp_path / "int8_optimized.onnx"
     assert main(["optimize", str(models["int8"]), str(out)]) == 0
     assert out.read_bytes() == models["int8"].read_bytes()
@@ -109,6 +115,8 @@ def test_static_qdq_model_is_left_alone(models: dict[str, Path], tmp_path: Path)
     assert quantized_op_counts(qdq)["DequantizeLinear"] > 0
     result = lconnx.collapse(qdq)
     assert result.report.folded == 0 and result.report.sites == []
+    assert "already quantized" in result.report.notes[0]
+    assert lconnx.collapse(models["fp32"]).report.notes == []
 
 
 def test_refuses_to_overwrite_its_input(models: dict[str, Path]) -> None:
