@@ -69,7 +69,7 @@ def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node]
     weight, bias = merged_affine(chain)
     first, second = chain.first, chain.second
     elem_type = first.elem_type
-    base = names.fresh(_base_name(first.head.name or first.head.op) + SUFFIX)
+    base = names.fresh(base_name(first.head.name or first.head.op) + SUFFIX)
     x, y = first.x, second.y
 
     removed = chain.nodes
@@ -98,11 +98,12 @@ def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node]
                 gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
                 gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b], outputs=[y]),
             ]
-    removed.extend(_orphaned_producers(fed_by, protected))
+    removed.extend(orphaned_producers(fed_by, protected))
     return new, removed
 
 
-def _base_name(name: str) -> str:
+def base_name(name: str) -> str:
+    """A node name without lconnx's fold suffixes, so folding a fold does not stack them."""
     while name.endswith(SUFFIX):
         name = name[: -len(SUFFIX)]
     return name
@@ -125,7 +126,7 @@ _PURE = frozenset(
 )
 
 
-def _orphaned_producers(tensors: list[gs.Tensor], protected: set[str]) -> list[gs.Node]:
+def orphaned_producers(tensors: list[gs.Tensor], protected: set[str]) -> list[gs.Node]:
     """Nodes that computed the folded weights / slopes and that nothing reads any more."""
     orphans: list[gs.Node] = []
     work = list(tensors)

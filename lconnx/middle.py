@@ -39,7 +39,7 @@ def match_middle(
     if node.op == "LeakyRelu":
         return _slope_check(np.array([float(node.attrs.get("alpha", 0.01))]), tolerance)
     if node.op == "PRelu":
-        slope = _slope_values(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
+        slope = slope_values(node.inputs[1], graph_inputs) if len(node.inputs) > 1 else None
         if slope is None:
             return Rejection("PRelu slope is not a constant")
         return _slope_check(slope, tolerance)
@@ -55,7 +55,9 @@ def match_middle(
 _SLOPE_RESHAPES = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand")
 
 
-def _slope_values(tensor: gs.Tensor, graph_inputs: set[str]) -> np.ndarray | None:
+def slope_values(tensor: gs.Tensor, graph_inputs: set[str]) -> np.ndarray | None:
+    """A PRelu slope's constant values, read through the reshapes exporters put around it;
+    None when the slope is not a constant (a graph input, or computed at run time)."""
     for _ in range(4):
         ref = const_ref(tensor, graph_inputs)
         if ref is not None:

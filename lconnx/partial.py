@@ -25,8 +25,8 @@ import onnx_graphsurgeon as gs
 
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.constants import const_ref, make_constant
-from lconnx.fold import Names, _base_name, _orphaned_producers
-from lconnx.middle import _slope_values, compose
+from lconnx.fold import Names, base_name, orphaned_producers
+from lconnx.middle import compose, slope_values
 from lconnx.report import Site
 
 SUFFIX = "/lconnx_partial"
@@ -175,7 +175,7 @@ def _unit_slopes(act: gs.Node, h: int, facts: GraphFacts) -> np.ndarray | str:
     """The activation's slope for each of the ``h`` hidden units (float64), or why not."""
     if act.op == "LeakyRelu":
         return np.full(h, float(act.attrs.get("alpha", 0.01)))
-    values = _slope_values(act.inputs[1], facts.inputs) if len(act.inputs) > 1 else None
+    values = slope_values(act.inputs[1], facts.inputs) if len(act.inputs) > 1 else None
     if values is None:
         return "PRelu slope is not a constant"
     shape = act.inputs[1].shape
@@ -239,7 +239,7 @@ def _rewrite(plan: _Plan, names: Names, protected: set[str]) -> tuple[list[gs.No
     chain = plan.chain
     first, second = chain.first, chain.second
     elem_type = first.elem_type
-    base = names.fresh(_base_name(first.head.name or first.head.op) + SUFFIX)
+    base = names.fresh(base_name(first.head.name or first.head.op) + SUFFIX)
     x, y = first.x, second.y
 
     removed = chain.nodes
@@ -305,7 +305,7 @@ def _rewrite(plan: _Plan, names: Names, protected: set[str]) -> tuple[list[gs.No
             node("MatMul", "fc2", [narrow_act, const("fc2_weight", parts["w2"])], [narrow_out])
         )
     new.append(node("Add", "sum", [narrow_out, direct], [y]))
-    removed.extend(_orphaned_producers(fed_by, protected))
+    removed.extend(orphaned_producers(fed_by, protected))
     return new, removed
 
 
