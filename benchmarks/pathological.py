@@ -250,6 +250,7 @@ PHASES = {
     "re-inference after export": ("lconnx/shapes.py", "reinfer"),
     "onnx.checker on the result": ("lconnx/io.py", "check_in_memory"),
     "save": ("lconnx/io.py", "save_model"),
+    "printing the per-site table (rich)": ("rich/console.py", "print"),
 }
 
 
@@ -299,7 +300,7 @@ def _row_cells(row: dict) -> list[str]:
     killed = row["returncode"] == -9  # the reaper died with it: no rusage
     cells.append(f"{row['wall_s']:.0f}")
     cells += ["—", "—"] if killed else [f"{row['cpu_s']:.0f}", f"{row['peak_rss'] / GB:.2f}"]
-    cells.append(f"{cap / 2**30:.0f}" if cap else "none")
+    cells.append(f"{cap / 2**30:.1f}" if cap else "none")
     if row["message"] == "ok":
         verdict = "yes" if row["correct"] else "**no**"
         cells += [
@@ -316,6 +317,8 @@ def _row_cells(row: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
+    limits = sorted({r.get("timeout_s", result["timeout_s"]) for r in result["rows"]})
+    timeouts = " or ".join(f"{t:,.0f}" for t in limits) or f"{result['timeout_s']:,.0f}"
     lines = [
         "## Pathological inputs: `lconnx optimize --no-verify`",
         "",
@@ -324,14 +327,22 @@ def markdown(result: dict) -> str:
         "One run each of the CLI in a fresh process (start-up included; CPU s = the child's "
         "user + system time, which other processes on a busy machine do not inflate); peak = "
         "the child's max RSS; cap = its address-space limit (RLIMIT_AS); wall-clock timeout "
-        f"{result['timeout_s']:.0f} s. `python benchmarks/pathological.py`.",
+        f"{timeouts} s. `python benchmarks/pathological.py`.",
         "",
         "| Graph | Nodes | Model MB | Wall s | CPU s | Peak GB | Cap GiB | Folded | Nodes after "
         "| As expected | Exit | Message |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    lines += ["| " + " | ".join(_row_cells(row)) + " |" for row in result["rows"]]
-    busy = [f"{r['graph']} {r['other_load']:.0%}" for r in result["rows"] if r["other_load"] > 0.1]
+    order = sorted(
+        result["rows"], key=lambda r: ("small nodes" in r["graph"], "shared" in r["graph"],
+                                       r["nodes_before"], -(r.get("mem_cap_bytes") or 0))
+    )  # fmt: skip
+    lines += ["| " + " | ".join(_row_cells(row)) + " |" for row in order]
+    busy = [
+        f"{r['graph']} {r['other_load']:.0%}"
+        for r in result["rows"]
+        if r["other_load"] > 0.1 and r["returncode"] != -9  # killed: no rusage
+    ]
     if busy:
         lines += [
             "",
@@ -365,6 +376,10 @@ def markdown(result: dict) -> str:
         ]
         for label, seconds in prof["phases_s"].items():
             lines.append(f"| {label} | {seconds:.1f} | {seconds / total:.0%} |")
+        rest = total - sum(prof["phases_s"].values())
+        lines.append(
+            f"| rest (interpreter, imports, report JSON, …) | {rest:.1f} | {rest / total:.0%} |"
+        )
         lines += ["", "Top functions by own time:", "", "| Function | own s | cum s | calls |"]
         lines.append("|---|---:|---:|---:|")
         for entry in prof["top_tottime"]:
@@ -407,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--append",
         action="store_true",
-        help="keep the rows (and profile) of OUT/pathological.json, replacing same-named ones",
+        help="keep the rows (and profile) of OUT/pathological.json, replacing those of the same "
+        "graph and cap",
     )
     args = parser.parse_args(argv)
     mem_cap = int(args.mem_cap_gb * 2**30) or None
@@ -435,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case.name}: {case.bytes / 1e6:.0f} MB, {case.generate_s:.0f} s to generate; "
                   "optimizing…", flush=True)  # fmt: skip
             row = measure(case, work, mem_cap, args.timeout)
-            result["rows"] = [r for r in result["rows"] if r["graph"] != row["graph"]] + [row]
+            same = (row["graph"], row["mem_cap_bytes"])
+            kept = [r for r in result["rows"] if (r["graph"], r.get("mem_cap_bytes")) != same]
+            result["rows"] = [*kept, row]
             print(json.dumps({k: v for k, v in row.items() if k != "graph"}), flush=True)
             case.path.unlink()
         if args.profile:
