@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.errors import UnsupportedModelError
-from lconnx.fold import Names, fold
+from lconnx.fold import Names, fold_all
 from lconnx.io import check_in_memory, load_model
 from lconnx.memory import release_garbage
 from lconnx.partial import collapse_partially
@@ -167,10 +167,9 @@ def _run_rounds(
         anchors: dict[int, list[gs.Node]] = {}
         dropped: set[int] = set()
         for chain in batch:
-            anchor = chain.second.nodes[-1]
             sites[chain.key] = _site(chain, folded=True)
-            new, removed = fold(chain, names, protected)
-            anchors[id(anchor)] = new
+        for chain, (new, removed) in zip(batch, fold_all(batch, names, protected), strict=True):
+            anchors[id(chain.second.nodes[-1])] = new
             dropped.update(id(n) for n in removed)
         graph.nodes = _splice(graph.nodes, anchors, dropped)
 

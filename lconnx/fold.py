@@ -66,17 +66,50 @@ def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node]
 
     ``protected``: names read from outside this graph's node list (graph outputs, subgraph
     reads); their producers are kept even when nothing here reads them any more."""
+    return fold_all([chain], names, protected)[0]
+
+
+def fold_all(
+    chains: list[Chain], names: Names, protected: set[str]
+) -> list[tuple[list[gs.Node], list[gs.Node]]]:
+    """``fold`` for each of a round's non-overlapping chains, their old nodes detached from the
+    graph in one pass (see ``detach``)."""
+    rewrites = [_rewrite(chain, names) for chain in chains]
+    detach([node for _, removed, _ in rewrites for node in removed])
+    return [
+        (new, removed + orphaned_producers(fed_by, protected)) for new, removed, fed_by in rewrites
+    ]
+
+
+def detach(nodes: list[gs.Node]) -> None:
+    """Disconnect ``nodes`` from every tensor they read or write, one pass per tensor.
+
+    graphsurgeon's ``node.inputs.clear()`` finds the node in each tensor's reader list with
+    ``list.remove``, i.e. with its deep ``Node.__eq__`` against every reader before it: folding
+    k nodes that read one tensor (a slope or weight shared by thousands of blocks) costs
+    O(k²) deep comparisons. Filtering each touched tensor once, by identity, is O(k)."""
+    gone = {id(node) for node in nodes}
+    touched = {id(t): t for node in nodes for t in (*node.inputs, *node.outputs)}
+    for tensor in touched.values():
+        for links in (tensor.outputs, tensor.inputs):
+            kept = [node for node in links if id(node) not in gone]
+            if len(kept) != len(links):
+                list.__setitem__(links, slice(None), kept)  # plain list ops: no re-sync
+    for node in nodes:
+        list.clear(node.inputs)
+        list.clear(node.outputs)
+
+
+def _rewrite(chain: Chain, names: Names) -> tuple[list[gs.Node], list[gs.Node], list[gs.Tensor]]:
+    """The fused linear's nodes, the chain's nodes (still attached) and the tensors they read."""
     weight, bias = merged_affine(chain)
     first, second = chain.first, chain.second
     elem_type = first.elem_type
     base = names.fresh(base_name(first.head.name or first.head.op) + SUFFIX)
     x, y = first.x, second.y
 
-    removed = chain.nodes
+    removed = list(chain.nodes)
     fed_by = [t for node in removed for t in node.inputs if t is not x]
-    for node in removed:
-        node.inputs.clear()
-        node.outputs.clear()
 
     two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
     if two_d:
@@ -98,8 +131,7 @@ def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node]
                 gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
                 gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b], outputs=[y]),
             ]
-    removed.extend(orphaned_producers(fed_by, protected))
-    return new, removed
+    return new, removed, fed_by
 
 
 def base_name(name: str) -> str:

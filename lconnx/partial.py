@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.constants import const_ref, make_constant
-from lconnx.fold import Names, base_name, orphaned_producers
+from lconnx.fold import Names, base_name, detach, orphaned_producers
 from lconnx.middle import compose, slope_values
 from lconnx.report import Site
 
@@ -242,11 +242,9 @@ def _rewrite(plan: _Plan, names: Names, protected: set[str]) -> tuple[list[gs.No
     base = names.fresh(base_name(first.head.name or first.head.op) + SUFFIX)
     x, y = first.x, second.y
 
-    removed = chain.nodes
+    removed = list(chain.nodes)
     fed_by = [t for node in removed for t in node.inputs if t is not x]
-    for node in removed:
-        node.inputs.clear()
-        node.outputs.clear()
+    detach(removed)  # linear in the readers of a shared slope, unlike node.inputs.clear()
 
     def const(what: str, values: np.ndarray) -> gs.Constant:
         return make_constant(names.fresh(f"{base}/{what}"), values, elem_type)

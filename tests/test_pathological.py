@@ -40,9 +40,12 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("kind", ["chain", "many"])
+@pytest.mark.parametrize("kind", ["chain", "shared-slope chain", "many"])
 def test_pathological_graph_folds_without_recursion(kind: str, tmp_path: Path) -> None:
-    case = write_chain(tmp_path, LINEARS) if kind == "chain" else write_many(tmp_path, NODES)
+    if kind == "many":
+        case = write_many(tmp_path, NODES)
+    else:  # a shared slope: thousands of nodes detached from one tensor's reader list
+        case = write_chain(tmp_path, LINEARS, shared_slope=kind.startswith("shared"))
     model = onnx.load(str(case.path))  # the streamed chunks read back as one model
     onnx.checker.check_model(model)
     assert len(model.graph.node) == case.nodes
@@ -53,12 +56,12 @@ def test_pathological_graph_folds_without_recursion(kind: str, tmp_path: Path) -
     report = result.report
     assert report.folded == case.expected_folds
     assert report.nodes_after == len(result.model.graph.node) == case.expected_nodes_after
-    if kind == "chain":
+    if kind != "many":
         assert [n.op_type for n in result.model.graph.node] == ["Gemm"]  # 2-D input
     else:
         assert report.skipped == case.expected_folds  # each block's Relu site is refused
         assert case.expected_nodes_after == BLOCK_NODES_AFTER * case.expected_folds
-    x = np.random.default_rng(0).standard_normal((3, 4 if kind == "chain" else 8))
+    x = np.random.default_rng(0).standard_normal((3, 8 if kind == "many" else 4))
     x = x.astype(np.float32)
     before, after = _run(model, x), _run(result.model, x)
     # orthogonal weights keep the 2,500-deep product O(1); float32 error grows with depth
