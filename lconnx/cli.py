@@ -237,6 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lconnx: interrupted\n")
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        sys.stderr.write(
+            "lconnx: error: out of memory: optimize needs about 2-3x the model's size plus "
+            "~8 kB per node; nothing was written\n"
+        )
+        return 1
     except Exception as exc:  # a bug: still one line unless asked for more
         if args.debug:
             raise

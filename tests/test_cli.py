@@ -138,3 +138,29 @@ def test_without_onnxruntime_verification_says_how_to_install(tmp_path):
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     assert out.exists()
+
+
+def test_out_of_memory_is_one_line_and_writes_nothing(model_path, tmp_path, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sys.modules["lconnx.collapse"], "collapse", exhausted)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model_path), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lconnx: error: out of memory:") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_long_site_lists_are_cut_in_the_table_not_in_the_json(model_path):
+    from rich.console import Console
+
+    from lconnx import analyze
+    from lconnx.report import render_table
+
+    report = analyze(model_path)
+    console = Console(width=200)
+    with console.capture() as captured:
+        console.print(render_table(report, max_rows=1))
+    assert "… 2 more sites: see --report R.json / analyze --json" in captured.get()
+    assert len(report.to_dict()["sites"]) == 3
