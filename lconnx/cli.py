@@ -237,21 +237,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lconnx: interrupted\n")
         return 130
-    except MemoryError:
-        if args.debug:
-            raise
-        sys.stderr.write(
-            "lconnx: error: out of memory: optimize needs about 2-3x the model's size plus "
-            "~8 kB per node; nothing was written\n"
-        )
-        return 1
     except Exception as exc:  # a bug: still one line unless asked for more
         if args.debug:
             raise
+        if _out_of_memory(exc):
+            sys.stderr.write(
+                "lconnx: error: out of memory: optimize needs about 2-3x the model's size plus "
+                "~8 kB per node; nothing was written\n"
+            )
+            return 1
         sys.stderr.write(
             f"lconnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug)\n"
         )
         return 1
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """How an exhausted allocator surfaces: MemoryError, protobuf's failed arena allocation
+    (raised as DecodeError), or a C extension returning NULL without setting an exception."""
+    text = str(exc)
+    return (
+        isinstance(exc, MemoryError)
+        or "Arena alloc failed" in text
+        or (isinstance(exc, SystemError) and "without exception set" in text)
+    )
 
 
 def _console():

@@ -119,8 +119,9 @@ def _quantized_note(model: onnx.ModelProto) -> list[str]:
 def _import(model: onnx.ModelProto) -> gs.Graph:
     try:
         graph = gs.import_onnx(model)
-    except MemoryError:
-        raise  # not a property of the model: the CLI says so
+    except (MemoryError, SystemError):
+        raise  # allocation failures (SystemError: a C call failed without an exception) are
+        # not a property of the model: the CLI reports them as out of memory
     except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
         raise UnsupportedModelError(f"cannot import graph: {exc}") from exc
     annotate(graph, inferred_value_info(model))

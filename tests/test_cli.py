@@ -140,9 +140,20 @@ def test_without_onnxruntime_verification_says_how_to_install(tmp_path):
     assert out.exists()
 
 
-def test_out_of_memory_is_one_line_and_writes_nothing(model_path, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError(),
+        RuntimeError("Error parsing message with type 'onnx.TensorProto': Arena alloc failed"),
+        SystemError("<built-in method> returned NULL without exception set"),
+    ],
+    ids=["MemoryError", "protobuf arena", "C extension NULL"],
+)
+def test_out_of_memory_is_one_line_and_writes_nothing(
+    failure, model_path, tmp_path, capsys, monkeypatch
+):
     def exhausted(*args, **kwargs):
-        raise MemoryError
+        raise failure
 
     monkeypatch.setattr(sys.modules["lconnx.collapse"], "collapse", exhausted)
     out = tmp_path / "out.onnx"
