@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
 from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
 from lconnx.errors import LconnxError
 from lconnx.fold import Names, fold
@@ -131,13 +131,9 @@ def structural_problem(chain: Chain, facts: GraphFacts) -> str | None:
         return first.problem or second.problem
     if first.elem_type not in FLOAT_TYPES:
         return f"dtype {elem_type_name(first.elem_type)} is not supported"
-    if second.elem_type != first.elem_type:
-        return (
-            f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
-            f"{elem_type_name(second.elem_type)}"
-        )
-    if second.trans_a:
-        return "second Gemm has transA=1 (it mixes rows)"
+    pair = pair_problem(first, second)
+    if pair is not None:
+        return pair
     h = chain.cost.hidden
     if first.shape[1] != second.shape[0]:
         return f"inner dimensions differ: {first.shape[1]} vs {second.shape[0]}"

@@ -39,15 +39,16 @@ from lconnx.chains import GraphFacts
 from lconnx.collapse import (
     DEFAULT_TOLERANCE,
     CollapseResult,
-    _export,
-    _import,
     collapse,
+    export_graph,
+    import_graph,
     parameter_count,
+    site_of,
 )
 from lconnx.errors import LconnxError, UnsupportedModelError
 from lconnx.fold import Names
 from lconnx.io import check_in_memory, load_model
-from lconnx.report import Report, Site
+from lconnx.report import Report
 
 ACCURACY = "accuracy_drop"
 EMBEDDING = "embedding_error"
@@ -235,7 +236,7 @@ def collapse_with_budget(
     base_meas = evaluator.measure(base.model)
     say(f"exact folds: {report.folded}; {metric} {base_meas.loss:.4g}, FLOPs {base_meas.flops:,}")
 
-    graph = _import(base.model)
+    graph = import_graph(base.model)
     facts = _facts(graph, base.model)
     sites, _ = fit_candidates(graph, facts)
     fits = calibrate(base.model, sites, feeds, chunk=chunk, threads=threads)
@@ -325,19 +326,19 @@ def _facts(graph: Any, model: onnx.ModelProto) -> GraphFacts:
 
 def _apply(model: onnx.ModelProto, fits: dict[Key, UnitFit], report: Report) -> onnx.ModelProto:
     """``model`` with the named sites folded through their fitted lines."""
-    graph = _import(model)
+    graph = import_graph(model)
     facts = _facts(graph, model)
     done = fold_fitted(graph, facts, Names.of(graph), fits)
     if len(done) != len(fits):
         raise LconnxError(f"internal: could not fold {sorted(set(fits) - set(done))}")
-    return _export(graph, model, report)
+    return export_graph(graph, model, report)
 
 
 def _refit(
     model: onnx.ModelProto, key: Key, feeds: Feeds, chunk: int, threads: int | None
 ) -> UnitFit | None:
     """The site's fit on the current model (its inputs changed if earlier sites folded)."""
-    graph = _import(model)
+    graph = import_graph(model)
     sites, _ = fit_candidates(graph, _facts(graph, model))
     site = next((s for s in sites if s.key == key), None)
     if site is None:
@@ -393,21 +394,7 @@ def _update_sites(
             if taken
             else f"{cand.site.label}, affine fit (median unit R² {r2:.3f}) skipped: {why}"
         )
-        cost = chain.cost
-        site = Site(
-            nodes=[n.name for n in chain.nodes],
-            ops=[n.op for n in chain.nodes],
-            d_in=cost.d_in,
-            hidden=cost.hidden,
-            d_out=cost.d_out,
-            dtype=chain.dtype,
-            folded=taken,
-            reason=reason,
-            weights_before=cost.weights_before,
-            weights_after=cost.weights_after if taken else 0,
-            flops_before=cost.flops_before,
-            flops_after=cost.flops_after if taken else 0,
-        )
+        site = site_of(chain, taken, reason)
         index = by_nodes.get(tuple(site.nodes))
         if index is None:
             report.sites.append(site)

@@ -188,13 +188,9 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
             f"dtype mismatch: input {elem_type_name(activation)} vs weight "
             f"{elem_type_name(first.elem_type)}"
         )
-    if second.elem_type != first.elem_type:
-        return (
-            f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
-            f"{elem_type_name(second.elem_type)}"
-        )
-    if second.trans_a:
-        return "second Gemm has transA=1 (it mixes rows)"
+    pair = pair_problem(first, second)
+    if pair is not None:
+        return pair
     if first.shape[1] != h2:
         return f"inner dimensions differ: {first.shape[1]} vs {h2}"
     for tensor in chain.hidden:
@@ -214,6 +210,18 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         chain.maps.append(match)
         if match.slope_deviation is not None:
             chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
+    return None
+
+
+def pair_problem(first: Linear, second: Linear) -> str | None:
+    """Why two linears cannot be multiplied into one, whatever sits between them."""
+    if second.elem_type != first.elem_type:
+        return (
+            f"dtype mismatch: {elem_type_name(first.elem_type)} vs "
+            f"{elem_type_name(second.elem_type)}"
+        )
+    if second.trans_a:
+        return "second Gemm has transA=1 (it mixes rows)"
     return None
 
 

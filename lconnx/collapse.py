@@ -62,7 +62,7 @@ def collapse(
     report.params_before = parameter_count(model)
     report.nodes_before = len(model.graph.node)
 
-    graph = _import(model)
+    graph = import_graph(model)
     sites: dict[tuple[str, str], Site] = {}
     declared = {vi.name for vi in model.graph.input}
     _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites, partial)
@@ -73,7 +73,7 @@ def collapse(
         result = model  # untouched: keeps the pass idempotent byte for byte
         report.notes.extend(_quantized_note(model))
     else:
-        result = _export(graph, model, report)
+        result = export_graph(graph, model, report)
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
         if check:
@@ -116,7 +116,7 @@ def _quantized_note(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def _import(model: onnx.ModelProto) -> gs.Graph:
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
     try:
         graph = gs.import_onnx(model)
     except (MemoryError, SystemError):
@@ -163,14 +163,14 @@ def _run_rounds(
         linears = index_linears(graph, facts)
         chains = find_chains(linears, facts, tolerance, allow_growth)
         for chain in chains:
-            sites[chain.key] = _site(chain, folded=False)
+            sites[chain.key] = site_of(chain, folded=False)
         batch = _non_overlapping([c for c in chains if c.rejection is None])
         if not batch:
             break
         anchors: dict[int, list[gs.Node]] = {}
         dropped: set[int] = set()
         for chain in batch:
-            sites[chain.key] = _site(chain, folded=True)
+            sites[chain.key] = site_of(chain, folded=True)
         for chain, (new, removed) in zip(batch, fold_all(batch, names, protected), strict=True):
             anchors[id(chain.second.nodes[-1])] = new
             dropped.update(id(n) for n in removed)
@@ -206,14 +206,15 @@ def _splice(nodes: list[gs.Node], anchors: dict[int, list[gs.Node]], dropped: se
     return out
 
 
-def _site(chain: Chain, folded: bool) -> Site:
+def site_of(chain: Chain, folded: bool, reason: str | None = None) -> Site:
+    """The report entry for ``chain``. Without ``reason`` it is the pass's own decision; with
+    one (another pass decided, e.g. the budget), the after-figures show only when folded."""
     cost = chain.cost
-    if folded:
-        reason = "folded"
-    elif chain.rejection is None:
-        reason = "foldable"
+    if reason is None:
+        shows_after = folded or chain.rejection is None
+        reason = "folded" if folded else chain.rejection or "foldable"
     else:
-        reason = chain.rejection
+        shows_after = folded
     return Site(
         nodes=[n.name for n in chain.nodes],
         ops=[n.op for n in chain.nodes],
@@ -225,13 +226,13 @@ def _site(chain: Chain, folded: bool) -> Site:
         reason=reason,
         slope_deviation=chain.slope_deviation,
         weights_before=cost.weights_before,
-        weights_after=cost.weights_after if folded or chain.rejection is None else 0,
+        weights_after=cost.weights_after if shows_after else 0,
         flops_before=cost.flops_before,
-        flops_after=cost.flops_after if folded or chain.rejection is None else 0,
+        flops_after=cost.flops_after if shows_after else 0,
     )
 
 
-def _export(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.ModelProto:
+def export_graph(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.ModelProto:
     """Export and restore everything the graph round trip should not change."""
     result = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = original.ir_version
