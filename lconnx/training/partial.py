@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .prelu import CollapsiblePReLU
-from .regularizer import Schedule, collapsible_modules, schedule_factor
+from .regularizer import Schedule, ScheduledSlopePenalty, collapsible_modules
 
 __all__ = [
     "PartialCollapseRegularizer",
@@ -105,7 +105,7 @@ class PartialReport:
         return "\n".join(lines)
 
 
-class PartialCollapseRegularizer:
+class PartialCollapseRegularizer(ScheduledSlopePenalty):
     """Scheduled L1 pull of a ``fraction`` of each block's slopes to exactly 1.
 
     Use it like ``LayerCollapseRegularizer``: coupled (``loss = task + reg.loss()``, then
@@ -126,47 +126,23 @@ class PartialCollapseRegularizer:
         total_steps: int | None = None,
         names: Iterable[str] | None = None,
     ) -> None:
-        if strength < 0:
-            raise ValueError(f"strength must be >= 0, got {strength}")
         _check_fraction(fraction)
-        self.model = model
-        self.base_strength = float(strength)
         self.fraction = float(fraction)
-        self.schedule: Schedule = schedule
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.names = list(names) if names is not None else None
-        self.current_step = 0
-        schedule_factor(schedule, 0, warmup_steps, total_steps)  # validate arguments early
-        if self.names is not None:
-            missing = set(self.names) - set(collapsible_modules(model))
-            if missing:
-                raise ValueError(f"not CollapsiblePReLU modules: {sorted(missing)}")
+        super().__init__(
+            model,
+            strength,
+            schedule,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            names=names,
+        )
 
     def modules(self) -> dict[str, CollapsiblePReLU]:
         """The regularised per-unit modules that still exist."""
-        found = {n: m for n, m in collapsible_modules(self.model).items() if m.num_parameters > 1}
-        if self.names is None:
-            return found
-        return {n: found[n] for n in self.names if n in found}
-
-    @property
-    def strength(self) -> float:
-        factor = schedule_factor(
-            self.schedule, self.current_step, self.warmup_steps, self.total_steps
-        )
-        return self.base_strength * factor
+        return {n: m for n, m in super().modules().items() if m.num_parameters > 1}
 
     def penalty(self) -> Tensor:
         return partial_penalty(self.model, self.fraction, names=self.modules())
-
-    def loss(self) -> Tensor:
-        """``strength(step) · penalty``: add it to the task loss."""
-        return self.strength * self.penalty()
-
-    def step(self) -> None:
-        """Advance the schedule by one optimiser step."""
-        self.current_step += 1
 
     @torch.no_grad()
     def proximal_step(self, lr: float) -> None:

@@ -105,20 +105,9 @@ class RegularizerReport:
         return "\n".join(lines)
 
 
-class LayerCollapseRegularizer:
-    """Scheduled LayerCollapse penalty over the model's ``CollapsiblePReLU`` slopes.
-
-    Use it in one of two ways:
-
-    * coupled: ``loss = task_loss + reg.loss()`` then ``reg.step()`` after each optimiser step;
-    * decoupled (as in the paper): keep the task loss alone, and call ``reg.decoupled_step(lr)``
-      after each optimiser step, like decoupled weight decay but towards 1 instead of 0.
-
-    ``attach()`` is a third option for training loops you cannot edit: it adds the penalty's
-    gradient to the slopes' gradients during every backward inside the ``with`` block.
-    Build optimiser groups with ``param_groups`` so ordinary weight decay does not pull the
-    slopes towards 0, which would fight the regulariser.
-    """
+class ScheduledSlopePenalty:
+    """What every slope penalty shares: the model, the modules it covers, a strength
+    schedule over optimiser steps, and ``loss() = strength(step) · penalty()``."""
 
     def __init__(
         self,
@@ -161,8 +150,7 @@ class LayerCollapseRegularizer:
         return self.base_strength * factor
 
     def penalty(self) -> Tensor:
-        total = _penalty(self.modules().values())
-        return total if total is not None else torch.zeros(())
+        raise NotImplementedError
 
     def loss(self) -> Tensor:
         """``strength(step) * penalty``: add it to the task loss."""
@@ -171,6 +159,26 @@ class LayerCollapseRegularizer:
     def step(self) -> None:
         """Advance the schedule by one optimiser step."""
         self.current_step += 1
+
+
+class LayerCollapseRegularizer(ScheduledSlopePenalty):
+    """Scheduled LayerCollapse penalty over the model's ``CollapsiblePReLU`` slopes.
+
+    Use it in one of two ways:
+
+    * coupled: ``loss = task_loss + reg.loss()`` then ``reg.step()`` after each optimiser step;
+    * decoupled (as in the paper): keep the task loss alone, and call ``reg.decoupled_step(lr)``
+      after each optimiser step, like decoupled weight decay but towards 1 instead of 0.
+
+    ``attach()`` is a third option for training loops you cannot edit: it adds the penalty's
+    gradient to the slopes' gradients during every backward inside the ``with`` block.
+    Build optimiser groups with ``param_groups`` so ordinary weight decay does not pull the
+    slopes towards 0, which would fight the regulariser.
+    """
+
+    def penalty(self) -> Tensor:
+        total = _penalty(self.modules().values())
+        return total if total is not None else torch.zeros(())
 
     def slopes(self) -> dict[str, Tensor]:
         return {n: m.weight.detach().clone() for n, m in self.modules().items()}
