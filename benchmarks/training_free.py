@@ -51,7 +51,8 @@ from data import load_fashion_mnist, load_vader  # noqa: E402
 from recipe import num_threads, train  # noqa: E402
 
 from lconnx import collapse_with_budget  # noqa: E402
-from lconnx.budget import curve_markdown, embedding_error  # noqa: E402
+from lconnx.budget import embedding_error  # noqa: E402
+from lconnx.budget_report import curve_markdown  # noqa: E402
 from lconnx.verify import make_session  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)

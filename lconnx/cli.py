@@ -324,7 +324,7 @@ def _optimize(args: argparse.Namespace) -> int:
         )
     console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
     if result.report.budget is not None:
-        from lconnx.budget import render_curve
+        from lconnx.budget_report import render_curve
 
         console.print(render_curve(result.report.budget))
 

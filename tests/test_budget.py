@@ -11,7 +11,8 @@ from graphs import mlp_matmul, run
 from test_affine_fit import act_mlp
 
 from lconnx import collapse_with_budget
-from lconnx.budget import curve_markdown, embedding_error
+from lconnx.budget import embedding_error
+from lconnx.budget_report import curve_markdown
 from lconnx.cli import main
 from lconnx.errors import LconnxError
 
