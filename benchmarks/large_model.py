@@ -26,6 +26,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "models")]
 from measure import run_measured  # noqa: E402
 from synthetic import transformer_mlp_model  # noqa: E402
 
+from lconnx.bench import ram_bytes  # noqa: E402
+
 GB = 1e9
 
 
@@ -158,11 +160,10 @@ def _extrapolate(rows: list[dict], dim: int, hidden: int) -> dict:
 def _machine() -> dict:
     import os
 
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "ram_gb": round(mem / GB, 1),
+        "ram_gb": round((ram_bytes() or 0) / GB, 1),
         "python": platform.python_version(),
     }
 

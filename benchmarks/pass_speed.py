@@ -41,6 +41,8 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import run_measured  # noqa: E402
 
+from lconnx.bench import cpu_model, ram_bytes  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 OPSET = 17
 GB = 1e9
@@ -432,15 +434,7 @@ def _remove_outputs(work: Path, prefix: str) -> None:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """The machine and the versions of the tools compared (no onnxruntime needed)."""
     versions = {}
     for package in ("lconnx", "onnx", "onnx_graphsurgeon", "onnxslim", "numpy"):
         try:
@@ -450,8 +444,8 @@ def machine() -> dict:
     return {
         "nproc": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "ram_bytes": ram,
+        "cpu": cpu_model(),
+        "ram_bytes": ram_bytes(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

@@ -188,20 +188,29 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS and library versions: the context of a timing."""
-    ort = import_onnxruntime()
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    ram = None
+    return platform.processor() or platform.machine()
+
+
+def ram_bytes() -> int | None:
+    """Physical memory in bytes; None where ``sysconf`` cannot say."""
     with suppress(ValueError, OSError, AttributeError):
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, RAM, OS and library versions: the context of a timing."""
+    ort = import_onnxruntime()
+    cpu = cpu_model()
+    ram = ram_bytes()
     package = "onnxruntime"
     try:
         from importlib.metadata import PackageNotFoundError, version
