@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
 from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
 from lconnx.errors import LconnxError
-from lconnx.fold import Names, fold
+from lconnx.fold import Names, fold_round, non_overlapping
 from lconnx.linear import Rejection
 from lconnx.middle import Affine, match_middle
 
@@ -331,26 +331,18 @@ def fold_fitted(
 
     Chains that share a linear are folded in successive rounds (the second sees the first's
     merged linear); returns the keys folded, in order."""
-    from lconnx.collapse import _non_overlapping, _splice
-
     pending = dict(fits)
     done: list[tuple[str, str]] = []
     protected = facts.outputs | facts.subgraph_refs
     while pending:
         candidates, _ = fit_candidates(graph, facts, allow_growth=True)
         ready = [c.chain for c in candidates if c.key in pending]
-        batch = _non_overlapping(ready)
+        batch = non_overlapping(ready)
         if not batch:
             break
-        anchors: dict[int, list[gs.Node]] = {}
-        dropped: set[int] = set()
         for chain in batch:
             fit = pending.pop(chain.key)
             chain.maps = [Affine(scale=fit.scale, shift=fit.shift)]
-            anchor = chain.second.nodes[-1]
-            new, removed = fold(chain, names, protected)
-            anchors[id(anchor)] = new
-            dropped.update(id(n) for n in removed)
             done.append(chain.key)
-        graph.nodes = _splice(graph.nodes, anchors, dropped)
+        fold_round(graph, batch, names, protected)
     return done

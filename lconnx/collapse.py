@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.errors import UnsupportedModelError
-from lconnx.fold import Names, fold_all
+from lconnx.fold import Names, fold_round, non_overlapping
 from lconnx.io import check_in_memory, load_model
 from lconnx.memory import release_garbage
 from lconnx.partial import collapse_partially
@@ -164,46 +164,12 @@ def _run_rounds(
         chains = find_chains(linears, facts, tolerance, allow_growth)
         for chain in chains:
             sites[chain.key] = site_of(chain, folded=False)
-        batch = _non_overlapping([c for c in chains if c.rejection is None])
+        batch = non_overlapping([c for c in chains if c.rejection is None])
         if not batch:
             break
-        anchors: dict[int, list[gs.Node]] = {}
-        dropped: set[int] = set()
         for chain in batch:
             sites[chain.key] = site_of(chain, folded=True)
-        for chain, (new, removed) in zip(batch, fold_all(batch, names, protected), strict=True):
-            anchors[id(chain.second.nodes[-1])] = new
-            dropped.update(id(n) for n in removed)
-        graph.nodes = _splice(graph.nodes, anchors, dropped)
-
-
-def _non_overlapping(chains: list[Chain]) -> list[Chain]:
-    """Chains such that no linear takes part in two folds of one round, cheapest product first.
-
-    Where folds overlap, the order is a matrix-chain choice: a VGG head 25088→4096→4096→1000
-    costs 1.0 TFLOP of float64 work folded front to back but 0.24 TFLOP back to front. Ties
-    keep graph order, so the choice is deterministic."""
-    used: set[int] = set()
-    batch = []
-    for chain in sorted(chains, key=lambda c: c.cost.d_in * c.cost.hidden * c.cost.d_out):
-        ends = {id(chain.first.head), id(chain.second.head)}
-        if ends & used:
-            continue
-        used |= ends
-        batch.append(chain)
-    return batch
-
-
-def _splice(nodes: list[gs.Node], anchors: dict[int, list[gs.Node]], dropped: set[int]) -> list:
-    """New node list: each folded chain's nodes replaced, in place, by its fused linear."""
-    out: list[gs.Node] = []
-    for node in nodes:
-        key = id(node)
-        if key in anchors:
-            out.extend(anchors[key])
-        elif key not in dropped:
-            out.append(node)
-    return out
+        fold_round(graph, batch, names, protected)
 
 
 def site_of(chain: Chain, folded: bool, reason: str | None = None) -> Site:

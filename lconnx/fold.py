@@ -61,24 +61,58 @@ def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, bias
 
 
-def fold(chain: Chain, names: Names, protected: set[str]) -> tuple[list[gs.Node], list[gs.Node]]:
-    """Rewrite ``chain`` into one linear. Returns (new nodes, nodes to drop from the graph).
-
-    ``protected``: names read from outside this graph's node list (graph outputs, subgraph
-    reads); their producers are kept even when nothing here reads them any more."""
-    return fold_all([chain], names, protected)[0]
-
-
 def fold_all(
     chains: list[Chain], names: Names, protected: set[str]
 ) -> list[tuple[list[gs.Node], list[gs.Node]]]:
-    """``fold`` for each of a round's non-overlapping chains, their old nodes detached from the
-    graph in one pass (see ``detach``)."""
+    """Rewrite each of a round's non-overlapping chains into one linear: per chain, (new nodes,
+    nodes to drop). The old nodes are detached from the graph in one pass (see ``detach``).
+
+    ``protected``: names read from outside this graph's node list (graph outputs, subgraph
+    reads); their producers are kept even when nothing here reads them any more."""
     rewrites = [_rewrite(chain, names) for chain in chains]
     detach([node for _, removed, _ in rewrites for node in removed])
     return [
         (new, removed + orphaned_producers(fed_by, protected)) for new, removed, fed_by in rewrites
     ]
+
+
+def non_overlapping(chains: list[Chain]) -> list[Chain]:
+    """Chains such that no linear takes part in two folds of one round, cheapest product first.
+
+    Where folds overlap, the order is a matrix-chain choice: a VGG head 25088→4096→4096→1000
+    costs 1.0 TFLOP of float64 work folded front to back but 0.24 TFLOP back to front. Ties
+    keep graph order, so the choice is deterministic."""
+    used: set[int] = set()
+    batch = []
+    for chain in sorted(chains, key=lambda c: c.cost.d_in * c.cost.hidden * c.cost.d_out):
+        ends = {id(chain.first.head), id(chain.second.head)}
+        if ends & used:
+            continue
+        used |= ends
+        batch.append(chain)
+    return batch
+
+
+def splice(nodes: list[gs.Node], anchors: dict[int, list[gs.Node]], dropped: set[int]) -> list:
+    """New node list: each folded chain's nodes replaced, in place, by its fused linear."""
+    out: list[gs.Node] = []
+    for node in nodes:
+        key = id(node)
+        if key in anchors:
+            out.extend(anchors[key])
+        elif key not in dropped:
+            out.append(node)
+    return out
+
+
+def fold_round(graph: gs.Graph, batch: list[Chain], names: Names, protected: set[str]) -> None:
+    """Fold a round's non-overlapping chains; each fused linear takes its chain's place."""
+    anchors: dict[int, list[gs.Node]] = {}
+    dropped: set[int] = set()
+    for chain, (new, removed) in zip(batch, fold_all(batch, names, protected), strict=True):
+        anchors[id(chain.second.nodes[-1])] = new
+        dropped.update(id(n) for n in removed)
+    graph.nodes = splice(graph.nodes, anchors, dropped)
 
 
 def detach(nodes: list[gs.Node]) -> None:

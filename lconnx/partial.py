@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
 from lconnx.constants import const_ref, make_constant
-from lconnx.fold import Names, base_name, detach, orphaned_producers
+from lconnx.fold import Names, base_name, detach, orphaned_producers, splice
 from lconnx.middle import compose, slope_values
 from lconnx.report import Site
 
@@ -127,13 +127,7 @@ def collapse_partially(
         new, removed = _rewrite(plan, names, protected)
         anchors[id(anchor)] = new
         dropped.update(id(n) for n in removed)
-    out: list[gs.Node] = []
-    for node in graph.nodes:
-        if id(node) in anchors:
-            out.extend(anchors[id(node)])
-        elif id(node) not in dropped:
-            out.append(node)
-    graph.nodes = out
+    graph.nodes = splice(graph.nodes, anchors, dropped)
 
 
 def plan_partial(chain: Chain, tolerance: float, facts: GraphFacts) -> _Plan | str:
