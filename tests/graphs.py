@@ -92,10 +92,23 @@ def mlp_matmul(
     )
 
 
-def run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run(
+    m: onnx.ModelProto, feeds: dict[str, np.ndarray], *, as_written: bool = False
+) -> list[np.ndarray]:
+    """Outputs from onnxruntime's CPU provider. ``as_written``: with its graph optimizer off
+    (one quiet thread), to compare the models themselves: onnxruntime 1.32's optimizer breaks
+    some valid graphs (EliminateIdentity + GemmTransposeFusion drop a tensor another node
+    still reads)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if as_written:
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        m.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, feeds)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from graphs import run
 
 import lconnx
 
@@ -27,17 +27,6 @@ from pathological import (  # noqa: E402
 
 LINEARS = 2_500
 NODES = 10_000
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize("kind", ["chain", "shared-slope chain", "many"])
@@ -63,6 +52,7 @@ def test_pathological_graph_folds_without_recursion(kind: str, tmp_path: Path) -
         assert case.expected_nodes_after == BLOCK_NODES_AFTER * case.expected_folds
     x = np.random.default_rng(0).standard_normal((3, 8 if kind == "many" else 4))
     x = x.astype(np.float32)
-    before, after = _run(model, x), _run(result.model, x)
+    before = run(model, {"x": x}, as_written=True)[0]
+    after = run(result.model, {"x": x}, as_written=True)[0]
     # orthogonal weights keep the 2,500-deep product O(1); float32 error grows with depth
     np.testing.assert_allclose(after, before, rtol=1e-3, atol=1e-3)

@@ -27,6 +27,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from graphs import run
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -99,18 +100,7 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], dtype: int) -
 
         values = ReferenceEvaluator(model, new_ops=[Loop]).run(None, feeds)
     else:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1
-        # Compare the models as written: onnxruntime 1.32's optimizer breaks some valid graphs
-        # (EliminateIdentity + GemmTransposeFusion drop a tensor another node still reads).
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        values = session.run(None, feeds)
+        values = run(model, feeds, as_written=True)
     return dict(zip(names, values, strict=True))
 
 
