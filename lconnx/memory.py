@@ -11,7 +11,6 @@ array on ``mmap``. Both calls are no-ops where glibc is absent (macOS, Windows, 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 from functools import cache
 
@@ -24,11 +23,9 @@ _THRESHOLD_BYTES = 1 << 20
 
 @cache
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library already loaded in this process (no library search, no subprocess)."""
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018  (both exist only in glibc)
     except (OSError, AttributeError):
         return None
