@@ -311,8 +311,9 @@ def _optimize(args: argparse.Namespace) -> int:
     model, external = load_model(args.input)
     out = resolve_output_path(args.input, args.output, external_data_files(model))
     console = _console()
-    if budgeted:
-        result = _collapse_with_budget(args, model, console)
+    data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
+    if data is not None:
+        result = _collapse_with_budget(args, model, data, console)
     else:
         # checked below, on the written file, once the input's weights are freed
         result = collapse(
@@ -332,7 +333,7 @@ def _optimize(args: argparse.Namespace) -> int:
     if not args.no_verify and result.report.folded:
         labels = None
         if args.data:
-            feeds, labels = load_data(args.data, model)
+            feeds, labels = data if data is not None else load_data(args.data, model)
             source = args.data
         else:
             feeds, source = random_inputs(model, shapes, seed=args.seed), f"seed {args.seed}"
@@ -369,12 +370,18 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collapse_with_budget(args: argparse.Namespace, model: Any, console: Any) -> Any:
-    """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``)."""
+def _collapse_with_budget(
+    args: argparse.Namespace,
+    model: Any,
+    data: tuple[dict[str, Any], Any],
+    console: Any,
+) -> Any:
+    """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``) on the
+    already loaded ``data`` (feeds, labels), which verification then reuses."""
     from lconnx.budget import collapse_with_budget
-    from lconnx.verify import LABELS_KEY, load_data
+    from lconnx.verify import LABELS_KEY
 
-    feeds, labels = load_data(args.data, model)  # one-line errors before any work
+    feeds, labels = data
     if args.max_accuracy_drop is not None and labels is None:
         raise LconnxError(
             f"--max-accuracy-drop needs labels: {args.data} has no '{LABELS_KEY}' array"
