@@ -9,6 +9,7 @@ ONNX pass: fold only if ``d_in * d_out <= h * (d_in + d_out)`` unless ``allow_gr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -65,11 +66,19 @@ class FoldReport:
 
 
 def slope_deviation(act: nn.Module) -> float | None:
-    """``max |1 - a|`` for slope activations (CollapsiblePReLU, PReLU, LeakyReLU), else None."""
+    """``max |1 - a|`` for slope activations (CollapsiblePReLU, PReLU, LeakyReLU), else None.
+
+    A non-finite slope gives ``inf``, never NaN: ``nan > tolerance`` is False, so a NaN would
+    pass every tolerance check and a diverged block would be folded as if it were linear.
+    """
     if isinstance(act, CollapsiblePReLU | nn.PReLU):
-        return float((1.0 - act.weight.detach()).abs().max())
+        weight = act.weight.detach()
+        if not bool(torch.isfinite(weight).all()):
+            return math.inf
+        return float((1.0 - weight).abs().max())
     if isinstance(act, nn.LeakyReLU):
-        return abs(1.0 - act.negative_slope)
+        slope = float(act.negative_slope)
+        return abs(1.0 - slope) if math.isfinite(slope) else math.inf
     return None
 
 
@@ -165,6 +174,10 @@ def collapse_(
         dev = slope_deviation(act)
         if dev is None:
             reason = f"activation {block.activation} has no slope to regularise towards 1"
+            report.skipped.append(SkippedBlock(block.name, reason))
+            continue
+        if not math.isfinite(dev):
+            reason = "a slope is not finite (NaN or inf: training diverged); not folded"
             report.skipped.append(SkippedBlock(block.name, reason))
             continue
         if dev > tolerance:
