@@ -1,8 +1,14 @@
 """Which activations LayerCollapse may replace, for modules and for functional calls.
 
-Only activations that are the identity on the positive side and close to linear on the
-negative side are replaced by a PReLU: pushing the negative slope to 1 then makes them the
-identity. Saturating activations (tanh, sigmoid, ReLU6, ...) are reported, never replaced.
+An activation is near-linear when ``f(0) = 0``, ``f(x) = x`` for large positive ``x`` and it
+is bounded below on the negative side: ReLU, GELU and its approximations (``gelu_new``,
+``gelu_fast``, ``quick_gelu``, ...), SiLU / Swish, Mish, Hardswish, ELU / CELU. A PReLU is a
+faithful stand-in for those, and pushing its negative slope to 1 makes the block linear.
+Activations bounded on the positive side (tanh, sigmoid, ReLU6, clipped GELU, ...) saturate,
+and some grow unlike ``x`` (ReLU squared, xIELU); both are reported, never replaced.
+Hugging Face ``transformers.activations`` and timm ``timm.layers.activations`` classes are
+known by name (display name = the ``ACT2FN`` key, e.g. ``gelu_new``), since most of them are
+several ops that no single-call rule can recognise.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ NEAR_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
     nn.LeakyReLU,
     nn.PReLU,
     nn.ELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Hardswish,
     CollapsiblePReLU,
 )
 SATURATING_MODULES: tuple[type[nn.Module], ...] = (
@@ -35,17 +44,28 @@ SATURATING_MODULES: tuple[type[nn.Module], ...] = (
     nn.Hardtanh,
     nn.ReLU6,
     nn.Softplus,
-    nn.Mish,
-    nn.Hardswish,
     nn.Hardsigmoid,
     nn.SELU,
-    nn.CELU,
     nn.Softsign,
     nn.Tanhshrink,
     nn.LogSigmoid,
 )
 NEAR_LINEAR_FUNCTIONS = frozenset(
-    {"relu", "relu_", "gelu", "silu", "leaky_relu", "leaky_relu_", "elu", "elu_", "prelu"}
+    {
+        "relu",
+        "relu_",
+        "gelu",
+        "silu",
+        "leaky_relu",
+        "leaky_relu_",
+        "elu",
+        "elu_",
+        "celu",
+        "celu_",
+        "prelu",
+        "mish",
+        "hardswish",
+    }
 )
 SATURATING_FUNCTIONS = frozenset(
     {
@@ -57,23 +77,61 @@ SATURATING_FUNCTIONS = frozenset(
         "hardtanh_",
         "relu6",
         "softplus",
-        "mish",
-        "hardswish",
         "hardsigmoid",
         "selu",
-        "celu",
         "softsign",
         "logsigmoid",
     }
 )
+
+_GROWS = "is not the identity for large positive inputs"
+
+# Hugging Face ``transformers.activations`` classes, by class name -> ACT2FN key and verdict.
+_TRANSFORMERS: dict[str, tuple[str, bool, str]] = {
+    "GELUActivation": ("gelu", True, ""),
+    "FastGELUActivation": ("gelu_fast", True, ""),
+    "NewGELUActivation": ("gelu_new", True, ""),
+    "GELUTanh": ("gelu_pytorch_tanh", True, ""),
+    "PytorchGELUTanh": ("gelu_pytorch_tanh", True, ""),
+    "AccurateGELUActivation": ("gelu_accurate", True, ""),
+    "QuickGELUActivation": ("quick_gelu", True, ""),
+    "SiLUActivation": ("silu", True, ""),
+    "MishActivation": ("mish", True, ""),
+    "LinearActivation": ("linear", True, ""),
+    "ClippedGELUActivation": ("gelu_10", False, "saturates"),
+    "LaplaceActivation": ("laplace", False, "saturates"),
+    "ReLUSquaredActivation": ("relu2", False, _GROWS),
+    "SqrtSoftplusActivation": ("sqrtsoftplus", False, _GROWS),
+    "XIELUActivation": ("xielu", False, _GROWS),
+}
+# timm ``timm.layers.activations`` / ``activations_me`` classes (timm.layers.PReLU is a PReLU).
+_TIMM: dict[str, tuple[str, bool, str]] = {
+    "Swish": ("Swish", True, ""),
+    "SwishMe": ("SwishMe", True, ""),
+    "GELU": ("GELU", True, ""),
+    "GELUTanh": ("GELUTanh", True, ""),
+    "QuickGELU": ("QuickGELU", True, ""),
+    "Mish": ("Mish", True, ""),
+    "MishMe": ("MishMe", True, ""),
+    "HardSwish": ("HardSwish", True, ""),
+    "HardSwishMe": ("HardSwishMe", True, ""),
+    "HardMish": ("HardMish", True, ""),
+    "HardMishMe": ("HardMishMe", True, ""),
+    "Sigmoid": ("Sigmoid", False, "saturates"),
+    "Tanh": ("Tanh", False, "saturates"),
+    "HardSigmoid": ("HardSigmoid", False, "saturates"),
+    "HardSigmoidMe": ("HardSigmoidMe", False, "saturates"),
+}
 
 
 @dataclass(frozen=True)
 class ActivationKind:
     """Classification of one activation call site."""
 
-    name: str  # e.g. "GELU", "F.gelu"
+    name: str  # e.g. "GELU", "F.gelu", "gelu_new"
     near_linear: bool
+    why_not: str = "saturates"  # why a non-near-linear activation cannot collapse
+    identity: bool = False  # already the identity (HF "linear"): start the PReLU at slope 1
 
 
 def function_display_name(target: Any) -> str:
@@ -133,12 +191,28 @@ def _wrapped_function(module: nn.Module) -> Callable[..., Any] | str | None:
     return call.target
 
 
+def _library_activation(module: nn.Module) -> ActivationKind | None:
+    """Known transformers / timm activation classes, matched by defining module and name."""
+    cls = type(module)
+    where = cls.__module__
+    if where.startswith("transformers.") and cls.__name__ in _TRANSFORMERS:
+        name, near, why = _TRANSFORMERS[cls.__name__]
+    elif where.startswith("timm.") and cls.__name__ in _TIMM:
+        name, near, why = _TIMM[cls.__name__]
+    else:
+        return None
+    return ActivationKind(name, near, why or "saturates", identity=name == "linear")
+
+
 def classify_module(module: nn.Module) -> ActivationKind | None:
     """Classify an activation module; ``None`` when ``module`` is not an activation at all."""
     if isinstance(module, NEAR_LINEAR_MODULES):
         return ActivationKind(type(module).__name__, True)
     if isinstance(module, SATURATING_MODULES):
         return ActivationKind(type(module).__name__, False)
+    known = _library_activation(module)
+    if known is not None:
+        return known
     target = _wrapped_function(module)
     if target is None:
         return None

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ._inputs import ModelInputs
 from ._modules import set_submodule
+from .activations import classify_module
 from .discovery import Block, Rejection, discover
 from .fit import fit_negative_slopes
 from .prelu import CollapsiblePReLU
@@ -33,17 +34,22 @@ class CollapsibleReport:
     method: str
     fx_error: str | None = None
     slopes: dict[str, Tensor] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)  # per found block: what was done
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"{len(self.blocks)} block(s) found via {self.method}:"]
         for b in self.blocks:
             mark = "*" if b.name in self.selected else " "
+            outcome = self.outcomes.get(b.name, "")
             lines.append(
                 f" {mark} {b.fc1} -> {b.act} [{b.activation}] -> {b.fc2}  "
                 f"{b.in_features}->{b.hidden}->{b.out_features}"
+                + (f": {outcome}" if outcome else "")
             )
         for r in self.rejected:
             lines.append(f"   rejected {r.fc1} -> {r.act}: {r.reason}")
+        lines += [f"   note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -89,7 +95,11 @@ def make_collapsible(
         calibration: model inputs for ``init="fit"``; also used for tracing if fx fails.
         example_inputs: model inputs for the traced-forward fallback when torch.fx fails.
 
-    Blocks whose activation already is a ``CollapsiblePReLU`` are left untouched.
+    Blocks whose activation already is a ``CollapsiblePReLU`` are left untouched. An
+    activation that already is the identity (HF ``"linear"``) gets slope 1, so the model's
+    function does not change. 1x1-conv blocks get one slope even with ``per_channel`` (their
+    channels are on dim 1, ``CollapsiblePReLU``'s are on the last axis). Hugging Face models
+    are traced on their ``dummy_inputs`` when no inputs are given.
     """
     if init == "fit" and calibration is None:
         raise ValueError('init="fit" needs calibration= inputs to observe pre-activations')
@@ -100,11 +110,18 @@ def make_collapsible(
     found = discover(model, example_inputs if example_inputs is not None else calibration)
     chosen = _select(found.blocks, blocks)
     todo = [b for b in chosen if not isinstance(model.get_submodule(b.act), CollapsiblePReLU)]
+    last_axis = {b.name for b in todo if b.layer != "Conv2d 1x1"}
 
     if init == "fit":
         assert calibration is not None
         fitted = fit_negative_slopes(
-            model, [b.act for b in todo], calibration, per_channel=per_channel
+            model,
+            [b.act for b in todo if b.name in last_axis],
+            calibration,
+            per_channel=per_channel,
+        )
+        fitted |= fit_negative_slopes(
+            model, [b.act for b in todo if b.name not in last_axis], calibration
         )
     report = CollapsibleReport(
         blocks=found.blocks,
@@ -113,12 +130,28 @@ def make_collapsible(
         method=found.method,
         fx_error=found.fx_error,
     )
+    for b in found.blocks:
+        report.outcomes[b.name] = "not selected"
+    for b in chosen:
+        report.outcomes[b.name] = "already a CollapsiblePReLU"
+    if per_channel and len(last_axis) < len(todo):
+        report.notes.append(
+            "1x1-conv blocks get one slope each: per_channel needs last-axis channels"
+        )
+    if not found.blocks and not found.rejected:
+        report.notes.append(
+            "no candidate: no Linear, HF Conv1D or 1x1 Conv2d feeds an activation module"
+        )
     for b in todo:
         ref: Any = model.get_submodule(b.fc1).weight
-        n = b.hidden if per_channel else 1
+        old = classify_module(model.get_submodule(b.act))
+        n = b.hidden if per_channel and b.name in last_axis else 1
         value: float | Tensor = fitted[b.act] if init == "fit" else float(init)
+        if old is not None and old.identity:
+            value = 1.0  # already linear: keep the function exactly
         act = CollapsiblePReLU(n, value, device=ref.device, dtype=ref.dtype)
         set_submodule(model, b.act, act)
+        report.outcomes[b.name] = f"activation '{b.activation}' replaced by a PReLU"
     for name in report.selected:
         act = model.get_submodule(name)
         assert isinstance(act, CollapsiblePReLU)

@@ -1,4 +1,7 @@
-"""``collapse_``: fold regularised blocks into a single ``nn.Linear``, in PyTorch.
+"""``collapse_``: fold regularised blocks into a single linear layer, in PyTorch.
+
+Linear, Hugging Face ``Conv1D`` and 1x1 ``Conv2d`` layers all fold (the merged layer keeps
+fc1's form); weights are read as ``W [out, in]`` whatever the storage layout.
 
 In ``y = x W + b`` layout a linear block folds as ``W = W1 S W2`` and
 ``b = (b1 S + t) W2 + b2``, where ``x S + t`` is BatchNorm in eval mode (identity without
@@ -17,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._inputs import ModelInputs
-from ._modules import set_submodule
+from ._modules import linear_like, linear_parameters, set_submodule
 from .discovery import Block, Discovery, discover
 from .prelu import CollapsiblePReLU
 
@@ -82,7 +85,7 @@ def slope_deviation(act: nn.Module) -> float | None:
     return None
 
 
-def _affine_of_batchnorm(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+def _affine_of_batchnorm(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     assert bn.running_mean is not None and bn.running_var is not None
     mean = bn.running_mean.double()
     scale = (bn.running_var.double() + bn.eps).rsqrt()
@@ -95,41 +98,34 @@ def _affine_of_batchnorm(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def fold(model: nn.Module, block: Block) -> nn.Linear:
-    """The single Linear equal to ``block`` with its activation taken as the identity."""
+def fold(model: nn.Module, block: Block) -> nn.Module:
+    """The single linear layer equal to ``block`` with its activation taken as the identity.
+
+    Works on any linear form (``nn.Linear``, HF ``Conv1D``, 1x1 ``nn.Conv2d``): weights are
+    read as ``W [out, in]`` and the result has fc1's form (a ``Conv1D`` stays a ``Conv1D``).
+    """
     fc1 = model.get_submodule(block.fc1)
     fc2 = model.get_submodule(block.fc2)
-    assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
-    w1 = fc1.weight.double()  # [h, d_in]; torch Linear is y = x W1^T + b1
-    w2 = fc2.weight.double()  # [d_out, h]
-    b1 = fc1.bias.double() if fc1.bias is not None else w1.new_zeros(w1.shape[0])
-    b2 = fc2.bias.double() if fc2.bias is not None else w2.new_zeros(w2.shape[0])
-    has_bias = fc1.bias is not None or fc2.bias is not None
+    w1, b1_or_none = linear_parameters(fc1)  # [h, d_in]: y = W1 x + b1
+    w2, b2_or_none = linear_parameters(fc2)  # [d_out, h]
+    b1 = b1_or_none if b1_or_none is not None else w1.new_zeros(w1.shape[0])
+    b2 = b2_or_none if b2_or_none is not None else w2.new_zeros(w2.shape[0])
+    has_bias = b1_or_none is not None or b2_or_none is not None
     if block.batchnorm is not None:
         bn = model.get_submodule(block.batchnorm)
-        assert isinstance(bn, nn.BatchNorm1d)
+        assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d)
         scale, shift = _affine_of_batchnorm(bn)
         has_bias = True
     else:
         scale, shift = w1.new_ones(w1.shape[0]), w1.new_zeros(w1.shape[0])
     weight = w2 @ (scale[:, None] * w1)
     bias = w2 @ (scale * b1 + shift) + b2
-    merged = nn.Linear(
-        fc1.in_features,
-        fc2.out_features,
-        bias=has_bias,
-        device=fc1.weight.device,
-        dtype=fc1.weight.dtype,
-    )
-    merged.weight.copy_(weight)
-    if merged.bias is not None:
-        merged.bias.copy_(bias)
-    return merged
+    return linear_like(fc1, weight, bias if has_bias else None)
 
 
 def _param_count(model: nn.Module, block: Block) -> int:
     total = 0
-    for name in (block.fc1, block.act, block.fc2, *block.between):
+    for name in block.names():
         total += sum(p.numel() for p in model.get_submodule(name).parameters())
     return total
 
@@ -195,7 +191,7 @@ def collapse_(
         before = _param_count(model, block)
         merged = fold(model, block)
         set_submodule(model, block.fc1, merged)
-        for name in (block.act, block.fc2, *block.between):
+        for name in block.names()[1:]:
             if found.module_calls[name] > 1:
                 report.notes.append(f"'{name}' is also used elsewhere; left in place")
                 continue
