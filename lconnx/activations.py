@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from lconnx.constants import const_ref
+from lconnx.linear import ONNX_DOMAINS
 
 #: Largest decomposition searched (the tanh form of GELU is 8 compute nodes).
 MAX_REGION = 12
@@ -103,6 +104,7 @@ def find_composite(
 def _reads_only(node: gs.Node, inside: set[int], graph_inputs: set[str]) -> bool:
     return (
         node.op in ELEMENTWISE
+        and (node.domain or "") in ONNX_DOMAINS
         and bool(node.outputs)
         and all(
             not t.name or id(t) in inside or const_ref(t, graph_inputs) is not None

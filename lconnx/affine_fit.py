@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
 from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
-from lconnx.errors import LconnxError
+from lconnx.errors import LconnxError, first_line
 from lconnx.fold import Names, fold_round, non_overlapping
 from lconnx.linear import Rejection
 from lconnx.middle import Affine, match_middle
@@ -312,7 +312,7 @@ def calibrate(
                 zip(names, session.run(names, {k: v[part] for k, v in feeds.items()}), strict=True)
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise LconnxError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+            raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
         for site in sites:
             stats[site.key].add(values[site.pre], values[site.post])
     return {key: s.solve() for key, s in stats.items()}

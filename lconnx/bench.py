@@ -337,13 +337,13 @@ class _CudaRunner:
 
 
 def _runner(session: Any, feeds: dict[str, np.ndarray], provider: str) -> Any:
-    from lconnx.verify import _first_line
+    from lconnx.errors import first_line
 
     runner = _CudaRunner(session, feeds) if provider == "cuda" else _CpuRunner(session, feeds)
     try:
         runner()  # a first run outside any timing: fails here, with a clear message, if at all
     except Exception as exc:  # onnxruntime raises untyped errors
-        raise LconnxError(f"onnxruntime failed: {_first_line(exc)}") from exc
+        raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
     return runner
 
 

@@ -45,9 +45,9 @@ from lconnx.collapse import (
     parameter_count,
     site_of,
 )
-from lconnx.errors import LconnxError, UnsupportedModelError
+from lconnx.errors import LconnxError, UnsupportedModelError, first_line
 from lconnx.fold import Names
-from lconnx.io import check_in_memory, load_model
+from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.report import Report
 
 ACCURACY = "accuracy_drop"
@@ -215,6 +215,8 @@ def collapse_with_budget(
     external = False
     if not isinstance(model, onnx.ModelProto):
         model, external = load_model(model)
+    else:
+        check_proto(model)
     source = "arrays"
     if isinstance(data, dict):
         feeds = data
@@ -313,7 +315,7 @@ def collapse_with_budget(
             checked = check_in_memory(current)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise UnsupportedModelError(
-                f"the folded model fails onnx.checker: {str(exc).splitlines()[0]}"
+                f"the folded model fails onnx.checker: {first_line(exc)}"
             ) from exc
     report.params_after = parameter_count(current)
     report.nodes_after = len(current.graph.node)

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lconnx._version import __version__
-from lconnx.errors import LconnxError, OutputPathError
+from lconnx.errors import LconnxError, OutputPathError, UsageError, first_line
 from lconnx.memory import release_garbage, unmap_large_frees
+from lconnx.signals import Terminated, install_stop_handlers
+from lconnx.terminal import stdout
 
 USAGE_ERROR = 2
 
@@ -42,23 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--report", metavar="R.json", help="write the per-site report as JSON")
     opt.add_argument(
         "--max-error",
-        type=float,
+        type=_non_negative,
         metavar="E",
         help="refuse to write if any output's max abs error exceeds E",
+    )
+    opt.add_argument(
+        "--atol",
+        type=_non_negative,
+        metavar="A",
+        help="refuse to write unless |a − b| ≤ A + R·|a| for every output element",
+    )
+    opt.add_argument(
+        "--rtol", type=_non_negative, metavar="R", help="relative part of that bound (see --atol)"
     )
     opt.add_argument(
         "--no-verify",
         action="store_true",
         help="skip the onnxruntime comparison (no onnxruntime needed)",
     )
-    opt.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="NAME=D,D",
-        help="input shape for verification (symbolic dims default to 1)",
+    _add_shape_option(
+        opt, "input shape for verification (default: batch 8 where the first dim is free)"
     )
-    opt.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    opt.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the random verification inputs"
+    )
     opt.add_argument(
         "--data",
         metavar="D.npz",
@@ -109,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output whose argmax (last axis) is the prediction (default: the first output)",
     )
     _add_shape_option(ver, "random input shape")
-    ver.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    ver.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random inputs")
     ver.add_argument("--json", action="store_true", help="print the result as JSON")
 
     ben = sub.add_parser("bench", help="time models in onnxruntime (CPU, CUDA) against the first")
@@ -139,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let idle onnxruntime threads spin (off: interleaved sessions would steal cores)",
     )
-    ben.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    ben.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random inputs")
     ben.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
     ben.add_argument("--markdown", metavar="OUT.md", help="write a Markdown report")
     ben.add_argument("--plot-dir", metavar="DIR", help="write PNG plots there (needs matplotlib)")
@@ -155,16 +169,40 @@ def _add_shape_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--shape",
         action="append",
+        type=_shape,
         default=[],
         metavar="NAME=D,D",
         help=f"{what} (symbolic dims default to 1)",
     )
 
 
+#: Elements one ``--shape`` may ask for: 2**31 floats is already 8 GB per input.
+MAX_SHAPE_ELEMENTS = 2**31
+
+
+def _shape(text: str) -> str:
+    """``NAME=D,D,...`` with dims > 0 and a size that can exist; kept as text for parse_shapes."""
+    name, sep, dims = text.partition("=")
+    try:
+        values = [int(d) for d in dims.split(",")] if sep and dims else []
+    except ValueError:
+        values = []
+    if not name or not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"bad --shape '{text}': expected name=dim,dim,... with dims > 0"
+        )
+    if math.prod(values) > MAX_SHAPE_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"--shape '{text}' asks for {math.prod(values):,} elements, more than "
+            f"{MAX_SHAPE_ELEMENTS:,}"
+        )
+    return text
+
+
 def _add_pass_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tolerance",
-        type=_tolerance,
+        type=_non_negative,
         default=0.05,
         metavar="T",
         help="max |slope − 1| treated as identity (default 0.05; 0 = exact)",
@@ -180,13 +218,6 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
         help="also split blocks whose per-unit slopes are only partly ≈1 into a direct "
         "linear path plus a narrower MLP, where cheaper",
     )
-
-
-def _tolerance(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
 
 
 def _non_negative(text: str) -> float:
@@ -221,6 +252,7 @@ _non_negative_int = _int_at_least(0)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unmap_large_frees()
+    install_stop_handlers()
     commands = {
         "optimize": _optimize,
         "analyze": _analyze,
@@ -228,15 +260,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
     }
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            # numpy's RuntimeWarnings and library chatter are not the user's concern: what
+            # matters reaches them as a note, a report field or a one-line error
+            warnings.simplefilter("ignore")
+            return commands[args.command](args)
     except LconnxError as exc:
         if args.debug:
             traceback.print_exc()
         sys.stderr.write(f"lconnx: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("lconnx: interrupted\n")
-        return 130
+        sys.stderr.write("lconnx: stopped by SIGINT\n")
+        return 128 + signal.SIGINT
+    except Terminated as exc:
+        sys.stderr.write(f"lconnx: stopped by {exc}\n")
+        return 128 + exc.signum
     except Exception as exc:  # a bug: still one line unless asked for more
         if args.debug:
             raise
@@ -247,9 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         sys.stderr.write(
-            f"lconnx: internal error: {type(exc).__name__}: {exc} (rerun with --debug)\n"
+            f"lconnx: internal error: {type(exc).__name__}: {first_line(exc)} "
+            "(rerun with --debug)\n"
         )
         return 1
+    finally:
+        stdout.settle()
 
 
 def _out_of_memory(exc: Exception) -> bool:
@@ -267,7 +309,7 @@ def _console():
     """Terminal width on a tty; a wide fixed width when piped, so logs do not wrap."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    return Console(file=stdout) if stdout.isatty() else Console(file=stdout, width=160)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -278,7 +320,7 @@ def _analyze(args: argparse.Namespace) -> int:
         args.input, tolerance=args.tolerance, allow_growth=args.allow_growth, partial=args.partial
     )
     if args.json:
-        sys.stdout.write(report.to_json() + "\n")
+        stdout.write(report.to_json() + "\n")
     else:
         _console().print(render_table(report, title=f"lconnx analyze {args.input}"))
     return 0
@@ -286,30 +328,29 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _optimize(args: argparse.Namespace) -> int:
     from lconnx.collapse import collapse
-    from lconnx.errors import VerificationError
-    from lconnx.io import (
-        external_data_files,
-        load_model,
-        resolve_output_path,
-        save_model,
-        write_text_atomic,
-    )
+    from lconnx.io import external_data_paths, load_model, parse_model, save_model
+    from lconnx.outputs import OutputPlan
     from lconnx.report import render_table
-    from lconnx.verify import load_data, random_inputs, verify_models
+    from lconnx.verify import load_data
 
     shapes = _shapes(args)
     if args.data and shapes:
-        raise LconnxError("--shape applies to random inputs only; --data fixes the shapes")
-    if args.report and Path(args.report).resolve() in (
-        Path(args.input).resolve(),
-        Path(args.output).resolve(),
-    ):
-        raise OutputPathError(f"{args.report}: the report must not overwrite a model file")
+        raise UsageError("--shape applies to random inputs only; --data fixes the shapes")
     budgeted = args.max_accuracy_drop is not None or args.max_embedding_error is not None
     if budgeted and not args.data:
-        raise LconnxError("--max-accuracy-drop / --max-embedding-error need calibration --data")
+        raise UsageError("--max-accuracy-drop / --max-embedding-error need calibration --data")
+    plan = (
+        OutputPlan()
+        .read(args.input, "input model")
+        .write(args.output, "output model")
+        .write(args.report, "report")
+    )
+    plan.check()  # paths alone, before the input is even parsed
+    input_data = external_data_paths(parse_model(args.input), args.input)
+    for path in sorted(input_data):
+        plan.read(path, "input's external data")
+    plan.check()
     model, external = load_model(args.input)
-    out = resolve_output_path(args.input, args.output, external_data_files(model))
     console = _console()
     data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
     if data is not None:
@@ -331,43 +372,74 @@ def _optimize(args: argparse.Namespace) -> int:
 
     verification = None
     if not args.no_verify and result.report.folded:
-        labels = None
-        if args.data:
-            feeds, labels = data if data is not None else load_data(args.data, model)
-            source = args.data
-        else:
-            feeds, source = random_inputs(model, shapes, seed=args.seed), f"seed {args.seed}"
-        verification = verify_models(model, result.model, feeds, labels=labels)
-        console.print(
-            f"verify (onnxruntime CPU, {source}): max abs error "
-            f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
-        )
-        if verification.labels is not None:
-            stats = verification.labels
-            console.print(
-                f"labels ({stats.samples} samples): accuracy original "
-                f"{100 * stats.accuracy_original:.2f}%, optimized "
-                f"{100 * stats.accuracy_optimized:.2f}%; top-1 agreement "
-                f"{100 * stats.agreement:.2f}%"
-            )
-        if not verification.finite:
-            raise VerificationError("optimized model produces non-finite outputs; not written")
-        if args.max_error is not None and verification.max_abs > args.max_error:
-            raise VerificationError(
-                f"max abs error {verification.max_abs:.3g} exceeds --max-error "
-                f"{args.max_error:g}; not written"
-            )
+        verification = _check_outputs(args, model, result.model, data, shapes, console)
 
     del model  # writing needs only the result: keep the input's weights out of the peak
     release_garbage()
-    save_model(result.model, out, external=external, check=True)
+    save_model(result.model, args.output, external=external, check=True, keep=input_data)
     if args.report:
+        from lconnx.io import write_text_atomic
+
         payload = result.report.to_dict()
         if verification is not None:
             payload["verification"] = verification.to_dict()
         write_text_atomic(Path(args.report), json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    console.print(f"wrote {args.output}")
     return 0
+
+
+def _check_outputs(
+    args: argparse.Namespace,
+    model: Any,
+    optimized: Any,
+    data: tuple[dict[str, Any], Any] | None,
+    shapes: dict[str, list[int]],
+    console: Any,
+) -> Any:
+    """``optimize``'s check: both models on the same inputs (a batch of 8 where the batch
+    dim is free, integer inputs valid for what they feed), bounds enforced, drift warned."""
+    from lconnx.errors import VerificationError
+    from lconnx.verify import (
+        DRIFT_WARNING,
+        check_bounds,
+        free_batch_shapes,
+        load_data,
+        random_inputs,
+        verify_models,
+    )
+
+    labels = None
+    if args.data:
+        feeds, labels = data if data is not None else load_data(args.data, model)
+        source = args.data
+    else:
+        full = free_batch_shapes(model, shapes)
+        feeds, source = random_inputs(model, full, seed=args.seed), f"seed {args.seed}"
+    verification = verify_models(
+        model, optimized, feeds, labels=labels, atol=args.atol, rtol=args.rtol
+    )
+    console.print(
+        f"verify (onnxruntime CPU, {source}): max abs error "
+        f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
+    )
+    if verification.labels is not None:
+        stats = verification.labels
+        console.print(
+            f"labels ({stats.samples} samples): accuracy original "
+            f"{100 * stats.accuracy_original:.2f}%, optimized "
+            f"{100 * stats.accuracy_optimized:.2f}%; top-1 agreement "
+            f"{100 * stats.agreement:.2f}%"
+        )
+    failures = check_bounds(verification, max_error=args.max_error, atol=args.atol, rtol=args.rtol)
+    if failures:
+        raise VerificationError("; ".join(failures) + "; not written")
+    if verification.max_rel > DRIFT_WARNING:
+        sys.stderr.write(
+            f"lconnx: warning: outputs changed by up to {100 * verification.max_rel:.2g}% of "
+            f"their range (tolerance {args.tolerance:g}); set --max-error, --atol/--rtol or "
+            "--tolerance to bound it\n"
+        )
+    return verification
 
 
 def _collapse_with_budget(
@@ -407,7 +479,7 @@ def _shapes(args: argparse.Namespace) -> dict[str, list[int]]:
     try:
         return parse_shapes(args.shape)
     except ValueError as exc:
-        raise LconnxError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -425,7 +497,7 @@ def _verify(args: argparse.Namespace) -> int:
         label_output=args.label_output,
     )
     if args.json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:
         title = f"lconnx verify {args.original} {args.optimized}"
         _console().print(render_verify(result, title=title))

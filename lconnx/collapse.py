@@ -17,9 +17,9 @@ import onnx_graphsurgeon as gs
 
 from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
-from lconnx.errors import UnsupportedModelError
+from lconnx.errors import UnsupportedModelError, first_line
 from lconnx.fold import Names, fold_round, non_overlapping
-from lconnx.io import check_in_memory, load_model
+from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.memory import release_garbage
 from lconnx.partial import collapse_partially
 from lconnx.report import Report, Site
@@ -56,8 +56,10 @@ def collapse(
     if tolerance < 0 or not np.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
     external = False
-    if not isinstance(model, onnx.ModelProto):
+    if isinstance(model, (str, os.PathLike)):
         model, external = load_model(model)
+    else:
+        check_proto(model)
     report = Report(tolerance=tolerance, allow_growth=allow_growth, partial=partial)
     report.params_before = parameter_count(model)
     report.nodes_before = len(model.graph.node)
@@ -82,7 +84,7 @@ def collapse(
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise UnsupportedModelError(
                     "the folded model fails onnx.checker (is the input valid under "
-                    f"onnx.checker.check_model(full_check=True)?): {str(exc).splitlines()[0]}"
+                    f"onnx.checker.check_model(full_check=True)?): {first_line(exc)}"
                 ) from exc
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)

@@ -16,6 +16,8 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from lconnx.errors import ModelLoadError, first_line
+
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 #: Element types a fold may produce: computed in float64, cast back to one of these.
@@ -60,7 +62,14 @@ class ConstRef:
 
     def array(self) -> np.ndarray:
         """The values as float64 (materialises the data)."""
-        values = numpy_helper.to_array(self.proto).astype(np.float64)
+        proto = self.proto
+        try:
+            values = numpy_helper.to_array(proto).astype(np.float64)
+        except ValueError as exc:  # raw_data whose length does not match the dims
+            raise ModelLoadError(
+                f"tensor '{proto.name}' holds data that does not fit its shape "
+                f"{list(proto.dims)}: {first_line(exc)}"
+            ) from exc
         if self.fill_shape is not None:
             values = np.full(self.fill_shape, values.reshape(-1)[0])
         return values if self.perm is None else np.transpose(values, self.perm)

@@ -33,3 +33,15 @@ class VerificationError(LconnxError):
 
 class MissingDependencyError(LconnxError):
     """An optional dependency (onnxruntime) is needed for this operation."""
+
+
+class UsageError(LconnxError):
+    """A command-line value that cannot work (exit 2, like argparse's own usage errors)."""
+
+    exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: what a one-line error can quote."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

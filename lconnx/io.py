@@ -1,66 +1,45 @@
-"""Loading and saving ONNX models safely: checked external data, atomic writes, >2 GB handling."""
+"""Loading and saving ONNX models safely: checked external data, transactional writes, >2 GB.
+
+A save publishes the pair model + external data so that a crash at any instant leaves OUT as
+the complete old pair or the complete new pair, never a mix:
+
+1. everything is written to a temp folder beside OUT and fsynced; the data file's name carries
+   its content hash (``OUT.<hash>.data``), so it can never replace the file the old OUT reads;
+2. the data file is renamed into OUT's folder (a no-op when a file of that name, hence of that
+   content, is there already), then the model is renamed over OUT, each followed by a folder
+   fsync;
+3. only then are the data files the old OUT named (in lconnx's own naming) removed.
+
+A crash between 2 and 3 leaves an unreferenced data file beside OUT, never a wrong model.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import (
-    ExternalDataInfo,
-    _get_all_tensors,
-    load_external_data_for_model,
-    uses_external_data,
-)
 
-from lconnx.errors import ModelLoadError, OutputPathError, UnsafeExternalDataError
+from lconnx import external_data as ext
+from lconnx.errors import LconnxError, ModelLoadError, OutputPathError, first_line
+from lconnx.signals import deferred_signals
 
 #: Protobuf cannot serialise a message over 2 GiB; stay clear of it with some headroom.
 PROTO_LIMIT_BYTES = 2_000_000_000
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+def external_data_paths(model: onnx.ModelProto, model_path: str | os.PathLike[str]) -> set[Path]:
+    """The checked files a model (loaded without its data) reads, resolved."""
+    return set(ext.check_refs(model, Path(model_path)))
 
 
 def external_data_files(model: onnx.ModelProto) -> set[str]:
-    """The external-data file names (relative locations) a loaded model refers to."""
-    return {ExternalDataInfo(t).location for t in _external_tensors(model)}
-
-
-def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse locations that escape the model's folder; report missing or short files."""
-    root = base_dir.resolve()
-    for tensor in _external_tensors(model):
-        info = ExternalDataInfo(tensor)
-        location = info.location
-        if not location or os.path.isabs(location) or Path(location).is_absolute():
-            raise UnsafeExternalDataError(
-                f"tensor '{tensor.name}': external data location '{location}' is absolute; "
-                "only paths inside the model's folder are allowed"
-            )
-        target = (root / location).resolve()
-        if root != target and root not in target.parents:
-            raise UnsafeExternalDataError(
-                f"tensor '{tensor.name}': external data location '{location}' leaves the "
-                "model's folder"
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"tensor '{tensor.name}': external data file '{location}' not found next to "
-                "the model"
-            )
-        offset = int(info.offset or 0)
-        length = info.length
-        size = target.stat().st_size
-        if length is not None and offset + int(length) > size:
-            raise ModelLoadError(
-                f"tensor '{tensor.name}': external data file '{location}' is truncated "
-                f"({size:,} bytes, needs {offset + int(length):,})"
-            )
+    """The external-data locations a model loaded without its data refers to."""
+    return {ext.parse_ref(t).location for t in ext.external_tensors(model)}
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
@@ -68,13 +47,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
 
     Every failure becomes a one-line ModelLoadError naming the problem.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path}: file is empty")
+    path = _checked_input_path(path)
     # The path form of the checker reads the file in C++ (external data and >2 GB models
     # included). Run it before the Python parse so its transient copy (2× the file) never sits
     # beside the loaded model: peak 2× model size instead of 3×. Its verdict is raised after
@@ -84,24 +57,112 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         check_error = exc
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{path}: not a valid ONNX model (truncated or not ONNX): {_first_line(exc)}"
-        ) from exc
-    if model.ir_version <= 0 or not model.HasField("graph"):
-        raise ModelLoadError(f"{path}: not an ONNX model (no ir_version or graph)")
-    has_external = bool(_external_tensors(model))
-    if has_external:
-        _check_external_locations(model, path.parent)
+    except (ValueError, UnicodeError, OSError) as exc:  # a location the C++ side cannot take
+        check_error = exc
+    model = parse_model(path)
+    check_text(model)
+    files = ext.check_refs(model, path)
+    if files and check_error is not None:
+        # onnx's C++ side refuses any symlinked data file (the Hugging Face cache links into
+        # blobs/); the references passed lconnx's own rules above, so judge the graph alone
+        check_error = _check_skeleton(model)
     if check_error is not None:
         raise ModelLoadError(
-            f"{path}: invalid ONNX graph: {_first_line(check_error)}"
+            f"{_shown(path)}: invalid ONNX graph: {first_line(check_error)}"
         ) from check_error
-    if has_external:
-        load_external_data_for_model(model, str(path.parent))
-    return model, has_external
+    ext.read_refs(files)
+    return model, bool(files)
+
+
+def _check_skeleton(model: onnx.ModelProto) -> Exception | None:
+    """onnx.checker on the model without its data (small: the weights live outside). Its
+    references become empty tensors: the in-memory checker would otherwise look for the data
+    files relative to the working directory."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in ext.external_tensors(skeleton):
+        del tensor.external_data[:]
+        del tensor.dims[:]
+        tensor.dims.append(0)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    try:
+        onnx.checker.check_model(skeleton)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return exc
+    return None
+
+
+def parse_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model proto without its external data, or a one-line ModelLoadError."""
+    path = _checked_input_path(path)
+    try:
+        with open(path, "rb") as handle:
+            model = onnx.ModelProto.FromString(handle.read())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{_shown(path)}: not a valid ONNX model (truncated or not ONNX): {first_line(exc)}"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{_shown(path)}: cannot read: {exc.strerror}") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelLoadError(f"{_shown(path)}: not an ONNX model (no ir_version or graph)")
+    return model
+
+
+def check_proto(model: onnx.ModelProto) -> None:
+    """What ``load_model`` guarantees, for a proto handed over in memory: a graph, UTF-8 names,
+    and weights loaded (never read relative to the working directory)."""
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelLoadError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelLoadError("not an ONNX model (no ir_version or graph)")
+    check_text(model)
+    ext.check_loaded(model)
+
+
+def check_text(model: onnx.ModelProto) -> None:
+    """Refuse names that are not valid UTF-8: protobuf hands them over as bytes, which no
+    tool downstream can compare with a name, and onnx cannot write them back."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        infos = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
+        for item in infos:
+            if isinstance(item.name, bytes):
+                raise ModelLoadError(f"tensor name {item.name!r} is not valid UTF-8")
+        for node in graph.node:
+            for text in (node.name, node.op_type, node.domain, *node.input, *node.output):
+                if isinstance(text, bytes):
+                    raise ModelLoadError(
+                        f"node '{_bytes_shown(node.name)}': {text!r} is not valid UTF-8"
+                    )
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def _bytes_shown(text: str | bytes) -> str:
+    return text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text
+
+
+def _checked_input_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{_shown(path)}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{_shown(path)}: is a directory, expected an .onnx file")
+    if not path.is_file():
+        raise ModelLoadError(f"{_shown(path)}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{_shown(path)}: file is empty")
+    return path
+
+
+def _shown(path: Path) -> str:
+    """A path as it can stand in a one-line message (undecodable bytes escaped)."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def check_in_memory(model: onnx.ModelProto) -> bool:
@@ -115,78 +176,138 @@ def check_in_memory(model: onnx.ModelProto) -> bool:
 
 def model_data_bytes(model: onnx.ModelProto) -> int:
     """Bytes held inline by the model's tensors: decides whether it fits in one protobuf."""
-    return sum(len(t.raw_data) for t in _get_all_tensors(model))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def resolve_output_path(
-    in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], input_files: set[str]
-) -> Path:
-    """Check OUT before any work is done: not the input, not its external data, folder exists."""
-    src, dst = Path(in_path).resolve(), Path(out_path).resolve()
-    if src == dst:
-        raise OutputPathError(f"{out_path}: output equals the input; choose another path")
-    if dst.is_dir():
-        raise OutputPathError(f"{out_path}: is a directory, expected a file path")
-    if not dst.parent.is_dir():
-        raise OutputPathError(f"{out_path}: folder {dst.parent} does not exist")
-    data_file = dst.parent / external_data_name(dst)
-    for name in input_files:
-        if (src.parent / name).resolve() in (dst, data_file):
-            raise OutputPathError(
-                f"{out_path}: writing it would overwrite the input's external data '{name}'"
-            )
-    return dst
-
-
-def external_data_name(out_path: Path) -> str:
-    """File name of the external data written beside OUT."""
-    return f"{out_path.name}.data"
+    return sum(len(t.raw_data) for t in ext.tensors_of(model))
 
 
 def save_model(
-    model: onnx.ModelProto, out_path: str | os.PathLike[str], external: bool, check: bool = False
+    model: onnx.ModelProto,
+    out_path: str | os.PathLike[str],
+    external: bool,
+    check: bool = False,
+    keep: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
-    """Write atomically: everything goes to a temp folder beside OUT, then is renamed into place.
+    """Publish ``model`` at ``out_path`` transactionally (see the module docstring).
 
-    With ``external`` (or when the model is over 2 GB) weights go to ``OUT.data``; saving that
-    way moves tensor bytes out of ``model`` (which keeps peak memory low), so pass a copy if you
-    still need them. ``check`` runs onnx.checker (full) on the written file before the rename.
+    With ``external`` (or when the model is over 2 GB) weights go to ``OUT.<hash>.data``;
+    saving that way moves tensor bytes out of ``model`` (which keeps peak memory low), so pass
+    a copy if you still need them. ``check`` runs onnx.checker (full) on the written files
+    before anything is published. ``keep``: files never removed (the input's data files).
     """
+    ext.check_loaded(model)
     out = Path(out_path)
+    folder = out.resolve().parent
     external = external or model_data_bytes(model) >= PROTO_LIMIT_BYTES
-    data_name = external_data_name(out)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=out.parent))
+    old_data = _lconnx_data_of(out)
     try:
-        tmp_model = tmp_dir / out.name
-        if external:
-            onnx.save_model(
-                model,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-        else:
-            onnx.save_model(model, str(tmp_model))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=folder))
+    except OSError as exc:
+        raise OutputPathError(f"{out}: cannot write in {folder}: {exc.strerror}") from None
+    try:
+        try:
+            data_name = ext.write_data(model, tmp_dir, out.name) if external else None
+            tmp_model = tmp_dir / out.name
+            _write_durably(tmp_model, model.SerializeToString())
+        except OSError as exc:
+            raise OutputPathError(f"{out}: write failed, nothing written: {exc.strerror}") from None
+        except ValueError as exc:  # protobuf refuses to serialise more than 2 GB
+            raise LconnxError(f"{out}: cannot serialise the model: {first_line(exc)}") from exc
         if check:
-            try:
-                onnx.checker.check_model(str(tmp_model), full_check=True)
-            except onnx.checker.ValidationError as exc:
-                raise ModelLoadError(
-                    f"{out}: result failed onnx.checker, not written: {_first_line(exc)}"
-                ) from exc
-        if (tmp_dir / data_name).exists():
-            os.replace(tmp_dir / data_name, out.parent / data_name)
-        os.replace(tmp_model, out)
+            _check_written(tmp_model, out)
+        with deferred_signals():
+            _publish(tmp_dir, data_name, out, folder)
+        _remove_replaced(old_data - ({folder / data_name} if data_name else set()), keep)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def _check_written(tmp_model: Path, out: Path) -> None:
+    try:
+        onnx.checker.check_model(str(tmp_model), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelLoadError(
+            f"{_shown(out)}: the model failed onnx.checker, not written: {first_line(exc)}"
+        ) from exc
+
+
+def _publish(tmp_dir: Path, data_name: str | None, out: Path, folder: Path) -> None:
+    """Data first, then the model that names it; each rename made durable."""
+    try:
+        if data_name is not None:
+            target = folder / data_name
+            if not (
+                target.is_file() and target.stat().st_size == (tmp_dir / data_name).stat().st_size
+            ):
+                os.replace(tmp_dir / data_name, target)
+                _fsync_folder(folder)
+        os.replace(tmp_dir / out.name, out)
+        _fsync_folder(folder)
+    except OSError as exc:
+        raise OutputPathError(f"{out}: could not be put in place: {exc.strerror}") from None
+
+
+def _lconnx_data_of(out: Path) -> set[Path]:
+    """Data files the model now at OUT reads that lconnx wrote for it (so may remove)."""
+    if not out.is_file():
+        return set()
+    try:
+        with open(out, "rb") as handle:
+            old = onnx.ModelProto.FromString(handle.read())
+    except (OSError, DecodeError, RuntimeError, ValueError):
+        return set()
+    folder = out.resolve().parent
+    names = set()
+    for tensor in ext.external_tensors(old):
+        for entry in tensor.external_data:
+            if entry.key == "location" and ext.is_lconnx_data_name(out.name, entry.value):
+                names.add(folder / entry.value)
+    return names
+
+
+def _remove_replaced(files: set[Path], keep: Iterable[str | os.PathLike[str]]) -> None:
+    kept = {_identity(Path(k)) for k in keep} - {None}
+    for path in files:
+        if path.is_file() and not path.is_symlink() and _identity(path) not in kept:
+            path.unlink(missing_ok=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _write_durably(path: Path, payload: bytes | str) -> None:
+    """Write, give the file the usual mode (0666 less the umask), fsync."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fchmod(handle.fileno(), default_mode())
+        os.fsync(handle.fileno())
+
+
+_UMASK: int | None = None
+
+
+def default_mode() -> int:
+    """The mode a new file gets from any ordinary tool: 0666 less the process's umask."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -195,12 +316,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     folder = path.resolve().parent
     if not folder.is_dir():
         raise OutputPathError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
+        fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot write in {folder}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        _write_durably(Path(tmp), text)
+        with deferred_signals():
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: write failed, nothing written: {exc.strerror}") from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -66,10 +66,24 @@ class Linear:
         return np.broadcast_to((self.bias.array() * self.beta).reshape(-1), (n,)).copy()
 
 
+#: The domains whose ops mean what the ONNX spec says; a ``com.acme:Gemm`` is someone else's.
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def foreign_op(node: gs.Node) -> Rejection | None:
+    """Only ONNX-domain ops may be read as linears, middles or activations."""
+    if (node.domain or "") in ONNX_DOMAINS:
+        return None
+    return Rejection(f"{node.domain}:{node.op} is not an ONNX-domain op")
+
+
 def match_linear(
     node: gs.Node, graph_inputs: set[str], graph_outputs: set[str]
 ) -> Linear | Rejection:
     """Recognise ``node`` as the head of a linear layer."""
+    foreign = foreign_op(node)
+    if foreign is not None:
+        return foreign
     if node.op == "Gemm":
         return _match_gemm(node, graph_inputs)
     if node.op == "MatMul":
@@ -85,6 +99,9 @@ def _match_gemm(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:
         return Rejection(f"Gemm weight '{node.inputs[1].name}' is not a constant")
     if len(weight.shape) != 2:
         return Rejection(f"Gemm weight has rank {len(weight.shape)}, expected 2")
+    for flag in ("transA", "transB"):
+        if node.attrs.get(flag, 0) not in (0, 1):
+            return Rejection(f"Gemm {flag}={node.attrs[flag]} is not 0 or 1")
     trans_b = bool(node.attrs.get("transB", 0))
     n = weight.shape[0] if trans_b else weight.shape[1]
     bias, beta = None, float(node.attrs.get("beta", 1.0))

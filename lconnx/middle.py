@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from lconnx.constants import const_ref
-from lconnx.linear import Rejection
+from lconnx.linear import Rejection, foreign_op
 
 MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization", "Reshape")
 
@@ -32,6 +32,9 @@ def match_middle(
     node: gs.Node, tolerance: float, graph_inputs: set[str], width: int
 ) -> Affine | Rejection:
     """Describe ``node`` as an affine map on rows of ``width`` features, or say why not."""
+    foreign = foreign_op(node)
+    if foreign is not None:
+        return foreign
     if node.op == "Identity":
         return Affine()
     if node.op == "Reshape":

@@ -24,8 +24,9 @@ from typing import Any
 
 import onnx
 
-from lconnx.errors import LconnxError, MissingDependencyError
-from lconnx.io import external_data_files, resolve_output_path
+from lconnx.errors import LconnxError, MissingDependencyError, first_line
+from lconnx.io import external_data_paths, load_model, parse_model, save_model
+from lconnx.outputs import OutputPlan
 from lconnx.verify import INSTALL_HINT
 
 __all__ = ["DEFAULT_OP_TYPES", "QUANTIZED_OPS", "quantize_int8", "quantized_op_counts"]
@@ -92,31 +93,29 @@ def quantize_int8(
     """
     quantization = _quantization_module()
     src = Path(model_path)
-    if not src.is_file():
-        raise LconnxError(f"{model_path}: no such model file")
-    skeleton = onnx.load(str(src), load_external_data=False)
-    inputs = external_data_files(skeleton)
-    dst = resolve_output_path(src, out_path, inputs)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=dst.parent))
+    inputs = external_data_paths(parse_model(src), src)
+    plan = OutputPlan().read(src, "input model").write(out_path, "output model")
+    for path in sorted(inputs):
+        plan.read(path, "input's external data")
+    plan.check()
+    dst = Path(out_path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=dst.resolve().parent))
     try:
         with _quiet_root_logger():
             quantization.quantize_dynamic(
                 str(src),
-                str(tmp_dir / dst.name),
+                str(tmp_dir / "model.onnx"),
                 weight_type=quantization.QuantType.QInt8,
                 op_types_to_quantize=list(op_types) if op_types is not None else None,
                 per_channel=per_channel,
                 use_external_data_format=bool(inputs),
             )
-        for produced in tmp_dir.iterdir():  # the model, and its external data if any
-            os.replace(produced, dst.parent / produced.name)
+        quantized, external = load_model(tmp_dir / "model.onnx")
+        save_model(quantized, dst, external=external, keep=inputs)
     except LconnxError:
         raise
     except Exception as exc:  # onnxruntime raises untyped errors
-        text = str(exc).strip().splitlines()
-        raise LconnxError(
-            f"onnxruntime quantization failed: {text[0] if text else type(exc).__name__}"
-        ) from exc
+        raise LconnxError(f"onnxruntime quantization failed: {first_line(exc)}") from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return dst

@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.errors import LconnxError, MissingDependencyError, VerificationError
+from lconnx.errors import (
+    LconnxError,
+    MissingDependencyError,
+    UsageError,
+    VerificationError,
+    first_line,
+)
 from lconnx.io import PROTO_LIMIT_BYTES, model_data_bytes, save_model
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -38,6 +44,8 @@ OPT_LEVELS = {
 }
 
 ModelLike = onnx.ModelProto | str | os.PathLike[str]
+#: Relative output change (max |a − b| / max |a|) past which ``optimize`` warns, bound or not.
+DRIFT_WARNING = 1e-3
 
 
 def import_onnxruntime() -> Any:
@@ -47,6 +55,7 @@ def import_onnxruntime() -> Any:
         raise MissingDependencyError(
             f"verification needs onnxruntime, which is not installed: {INSTALL_HINT}"
         ) from exc
+    onnxruntime.set_default_logger_severity(3)  # errors reach the user as one line, not logs
     return onnxruntime
 
 
@@ -97,7 +106,7 @@ def _cuda_probe(ort: Any) -> str | None:
                 probe.SerializeToString(), options, providers=[PROVIDERS["cuda"]]
             )
     except Exception as exc:  # onnxruntime raises untyped errors
-        return f"CUDA unavailable: CUDAExecutionProvider failed: {_first_line(exc)}"
+        return f"CUDA unavailable: CUDAExecutionProvider failed: {first_line(exc)}"
     if PROVIDERS["cuda"] not in session.get_providers():
         return (
             "CUDA unavailable: CUDAExecutionProvider did not initialise (no NVIDIA GPU, or the "
@@ -157,7 +166,7 @@ def make_session(
         try:
             return ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise LconnxError(f"onnxruntime failed: {_first_line(exc)}") from exc
+            raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
 
 
 def run(
@@ -171,13 +180,8 @@ def run(
     try:
         values = session.run(names, feeds)
     except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise LconnxError(f"onnxruntime failed: {_first_line(exc)}") from exc
+        raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
     return dict(zip(names, values, strict=True))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -237,13 +241,13 @@ def input_shapes(
     specs = input_specs(model)
     unknown = set(shapes) - {s.name for s in specs}
     if unknown:
-        raise LconnxError(f"--shape names unknown inputs: {', '.join(sorted(unknown))}")
+        raise UsageError(f"--shape names unknown inputs: {', '.join(sorted(unknown))}")
     resolved: dict[str, list[int]] = {}
     for spec in specs:
         if spec.name in shapes:
             dims = list(shapes[spec.name])
             if spec.dims is not None:
-                _check_dims(spec, dims, what=f"--shape {spec.name}")
+                _check_dims(spec, dims, what=f"--shape {spec.name}", error=UsageError)
         else:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.dims or ()]
         if batch is not None and dims:
@@ -258,16 +262,18 @@ def input_shapes(
     return resolved
 
 
-def _check_dims(spec: InputSpec, dims: Sequence[int], what: str) -> None:
+def _check_dims(
+    spec: InputSpec, dims: Sequence[int], what: str, error: type[LconnxError] = LconnxError
+) -> None:
     assert spec.dims is not None
     if len(dims) != len(spec.dims):
-        raise LconnxError(
+        raise error(
             f"{what}: shape {tuple(dims)} has rank {len(dims)}, model input '{spec.name}' has "
             f"rank {len(spec.dims)} {_fmt_dims(spec.dims)}"
         )
     for axis, (got, want) in enumerate(zip(dims, spec.dims, strict=True)):
         if isinstance(want, int) and want > 0 and got != want:
-            raise LconnxError(
+            raise error(
                 f"{what}: dim {axis} is {got}, model input '{spec.name}' needs {want} "
                 f"{_fmt_dims(spec.dims)}"
             )
@@ -277,15 +283,42 @@ def _fmt_dims(dims: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
+def free_batch_shapes(
+    model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, batch: int = 8
+) -> dict[str, list[int]]:
+    """``shapes`` completed so that each input whose first dim is free gets ``batch`` there:
+    several samples checked at once. A symbol keeps one value across inputs; other free dims
+    are 1. Inputs named in ``shapes`` are left as given."""
+    shapes = dict(shapes or {})
+    specs = [s for s in input_specs(model) if s.name not in shapes and s.dims]
+    leading = {s.dims[0] for s in specs if s.dims and isinstance(s.dims[0], str)}
+    for spec in specs:
+        assert spec.dims is not None
+        dims = []
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif (axis == 0 and dim is None) or dim in leading:
+                dims.append(batch)
+            else:
+                dims.append(1)
+        shapes[spec.name] = dims
+    return shapes
+
+
 def random_inputs(
     model: onnx.ModelProto,
     shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
     batch: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded inputs for every real graph input (initializers excluded)."""
+    """Seeded inputs for every real graph input (initializers excluded). Integer inputs stay
+    in the range of what they feed (token ids below the vocabulary, masks of ones)."""
+    from lconnx.input_ranges import integer_ranges
+
     rng = np.random.default_rng(seed)
     dims_of = input_shapes(model, shapes, batch)
+    ranges = integer_ranges(model)
     feeds: dict[str, np.ndarray] = {}
     for spec in input_specs(model):
         dims, dtype = dims_of[spec.name], spec.dtype
@@ -294,7 +327,8 @@ def random_inputs(
         elif dtype == np.bool_:
             feeds[spec.name] = rng.random(dims) < 0.5
         elif np.issubdtype(dtype, np.integer):
-            feeds[spec.name] = rng.integers(0, 10, size=dims).astype(dtype)
+            low, high = ranges.get(spec.name, (0, 10))
+            feeds[spec.name] = rng.integers(low, high, size=dims).astype(dtype)
         else:
             raise LconnxError(f"input '{spec.name}': cannot make random data of type {dtype}")
     return feeds
@@ -314,7 +348,7 @@ def load_data(
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise LconnxError(f"{path}: not a readable .npz archive: {_first_line(exc)}") from exc
+        raise LconnxError(f"{path}: not a readable .npz archive: {first_line(exc)}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise LconnxError(f"{path}: expected a .npz archive of named arrays (numpy.savez)")
     specs = {s.name: s for s in input_specs(model)}
@@ -324,7 +358,7 @@ def load_data(
             try:
                 arrays[key] = archive[key]
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
-                raise LconnxError(f"{path}: array '{key}' unreadable: {_first_line(exc)}") from exc
+                raise LconnxError(f"{path}: array '{key}' unreadable: {first_line(exc)}") from exc
     labels = arrays.pop(LABELS_KEY, None) if LABELS_KEY not in specs else None
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
@@ -374,6 +408,7 @@ class OutputDiff:
     cosine: float
     finite: bool  # the optimized output is finite wherever the original is
     shape: list[int] | None = None
+    outside: int | None = None  # elements beyond atol + rtol·|original|, when those were given
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -434,8 +469,14 @@ class Comparison:
         return data
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> Comparison:
-    """Per-output error figures of ``candidate`` against ``reference``."""
+def compare(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> Comparison:
+    """Per-output error figures of ``candidate`` against ``reference``; with ``atol`` or
+    ``rtol``, also how many elements break ``|a − b| ≤ atol + rtol·|a|`` (numpy's rule)."""
     result = Comparison()
     for name, ref in reference.items():
         if name not in candidate:
@@ -456,7 +497,13 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) 
         av, bv = a[ok].ravel(), b[ok].ravel()
         norm = float(np.linalg.norm(av) * np.linalg.norm(bv))
         cosine = float(av @ bv / norm) if norm > 0 else float(np.array_equal(av, bv))
-        result.outputs.append(OutputDiff(name, max_abs, max_rel, cosine, finite, list(a.shape)))
+        outside = None
+        if atol is not None or rtol is not None:
+            bound = (atol or 0.0) + (rtol or 0.0) * np.abs(a[ok])
+            outside = int(np.count_nonzero(diff > bound)) if ok.any() else 0
+        result.outputs.append(
+            OutputDiff(name, max_abs, max_rel, cosine, finite, list(a.shape), outside)
+        )
     return result
 
 
@@ -500,11 +547,13 @@ def verify_models(
     provider: str = "cpu",
     labels: np.ndarray | None = None,
     label_output: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> Comparison:
     """Run both models on the same feeds and compare every output (and accuracy, with labels)."""
     reference = run(original, feeds, provider)
     candidate = run(optimized, feeds, provider)
-    comparison = compare(reference, candidate)
+    comparison = compare(reference, candidate, atol, rtol)
     if labels is not None:
         comparison.labels = label_stats(reference, candidate, labels, label_output)
     return comparison
@@ -550,6 +599,8 @@ def check_bounds(
     comparison: Comparison,
     max_error: float | None = None,
     max_accuracy_drop: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> list[str]:
     """The broken bounds, as messages; non-finite outputs always count."""
     failures = []
@@ -557,6 +608,13 @@ def check_bounds(
         failures.append("the optimized model produces non-finite outputs or other shapes")
     if max_error is not None and comparison.max_abs > max_error:
         failures.append(f"max abs error {comparison.max_abs:.3g} exceeds --max-error {max_error:g}")
+    if atol is not None or rtol is not None:
+        for output in comparison.outputs:
+            if output.outside:
+                failures.append(
+                    f"output '{output.name}': {output.outside} element(s) beyond "
+                    f"--atol {atol or 0:g} + --rtol {rtol or 0:g}·|original|"
+                )
     stats = comparison.labels
     if (
         max_accuracy_drop is not None

@@ -79,8 +79,11 @@ def test_no_verify_and_tolerance_zero(tmp_path):
 def test_shape_option_feeds_verification(model_path, tmp_path):
     out = tmp_path / "o.onnx"
     assert main(["optimize", str(model_path), str(out), "--shape", "x=4,7,8"]) == 0
-    assert main(["optimize", str(model_path), str(out), "--shape", "y=1"]) == 1
-    assert main(["optimize", str(model_path), str(out), "--shape", "x=a,b"]) == 1
+    # a --shape that cannot apply is a usage error, like argparse's own (exit 2)
+    assert main(["optimize", str(model_path), str(out), "--shape", "y=1"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["optimize", str(model_path), str(out), "--shape", "x=a,b"])
+    assert stop.value.code == 2
 
 
 @pytest.mark.parametrize(

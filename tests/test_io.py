@@ -9,7 +9,9 @@ import pytest
 from graphs import mlp_gemm
 
 from lconnx.errors import ModelLoadError, OutputPathError, UnsafeExternalDataError
-from lconnx.io import load_model, resolve_output_path, save_model
+from lconnx.external_data import is_lconnx_data_name
+from lconnx.io import load_model, save_model
+from lconnx.outputs import OutputPlan
 
 
 def _save_external(m: onnx.ModelProto, path, location="weights.bin"):
@@ -96,21 +98,30 @@ def test_missing_and_directory(tmp_path):
         load_model(tmp_path)
 
 
+def _plan(src, dst, data=()):
+    plan = OutputPlan().read(src, "input model").write(dst, "output model")
+    for path in data:
+        plan.read(path, "input's external data")
+    plan.check()
+
+
 def test_output_equal_to_input_or_its_data_is_refused(tmp_path):
-    _save_external(mlp_gemm(), tmp_path / "m.onnx", location="o.onnx.data")
+    _save_external(mlp_gemm(), tmp_path / "m.onnx", location="w.bin")
     with pytest.raises(OutputPathError, match="output equals the input"):
-        resolve_output_path(tmp_path / "m.onnx", tmp_path / "." / "m.onnx", set())
-    with pytest.raises(OutputPathError, match="overwrite the input's external data"):
-        resolve_output_path(tmp_path / "m.onnx", tmp_path / "o.onnx", {"o.onnx.data"})
+        _plan(tmp_path / "m.onnx", tmp_path / "." / "m.onnx")
+    with pytest.raises(OutputPathError, match="must not overwrite the input's external data"):
+        _plan(tmp_path / "m.onnx", tmp_path / "w.bin", [tmp_path / "w.bin"])
     with pytest.raises(OutputPathError, match="does not exist"):
-        resolve_output_path(tmp_path / "m.onnx", tmp_path / "no" / "o.onnx", set())
+        _plan(tmp_path / "m.onnx", tmp_path / "no" / "o.onnx")
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     out = tmp_path / "out.onnx"
     save_model(mlp_gemm(), out, external=False)
     save_model(mlp_gemm(), tmp_path / "ext.onnx", external=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data", "out.onnx"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:1] == ["ext.onnx"] and names[2:] == ["out.onnx"]
+    assert is_lconnx_data_name("ext.onnx", names[1]) and names[1] != "ext.onnx.data"
     model, external = load_model(tmp_path / "ext.onnx")
     assert external and model.graph.initializer[0].raw_data
 
