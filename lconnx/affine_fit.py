@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
 from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
-from lconnx.errors import LconnxError, first_line
+from lconnx.errors import LconnxError, UsageError, first_line
 from lconnx.fold import Names, fold_round, non_overlapping
 from lconnx.linear import Rejection
 from lconnx.middle import Affine, match_middle
@@ -227,7 +227,7 @@ class FitStats:
 
     def add(self, z: np.ndarray, a: np.ndarray) -> None:
         if z.shape != a.shape or z.shape[-1] != self.width:
-            raise ValueError(
+            raise UsageError(
                 f"pre-activation {z.shape} and activation {a.shape} do not both have "
                 f"{self.width} features on the last axis"
             )
@@ -252,7 +252,7 @@ class FitStats:
     def solve(self) -> UnitFit:
         """Least squares per unit; a unit whose ``z`` never varies gets ``α = 0, β = mean(a)``."""
         if self.n == 0:
-            raise ValueError("no calibration rows")
+            raise UsageError("no calibration rows")
         flat = self.czz <= DEGENERATE_VARIANCE * (1.0 + self.mean_z**2) * self.n
         safe = np.where(flat, 1.0, self.czz)
         scale = np.where(flat, 0.0, self.cza / safe)

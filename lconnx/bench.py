@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from lconnx._version import __version__
-from lconnx.errors import LconnxError
+from lconnx.errors import LconnxError, UsageError
 from lconnx.flops import FlopCount, count_flops
 from lconnx.verify import (
     OPT_LEVELS,
@@ -281,7 +281,7 @@ def _load(model: ModelLike, name: str) -> _Entry:
 def _names(models: Sequence[ModelLike], names: Sequence[str] | None) -> list[str]:
     if names is not None:
         if len(names) != len(models):
-            raise ValueError(f"{len(names)} names for {len(models)} models")
+            raise UsageError(f"{len(names)} names for {len(models)} models")
         out = list(names)
     else:
         out = []

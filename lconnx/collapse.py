@@ -17,8 +17,8 @@ import onnx_graphsurgeon as gs
 
 from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
-from lconnx.errors import UnsupportedModelError, first_line
-from lconnx.fold import Names, fold_round, non_overlapping
+from lconnx.errors import UnsupportedModelError, UsageError, first_line
+from lconnx.fold import Names, fold_round, non_overlapping, overflow_rejection
 from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.memory import release_garbage
 from lconnx.partial import collapse_partially
@@ -54,7 +54,7 @@ def collapse(
     ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
     a direct linear path plus a narrower MLP (``lconnx.partial``), where that is cheaper."""
     if tolerance < 0 or not np.isfinite(tolerance):
-        raise ValueError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
+        raise UsageError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
     external = False
     if isinstance(model, (str, os.PathLike)):
         model, external = load_model(model)
@@ -166,6 +166,11 @@ def _run_rounds(
         chains = find_chains(linears, facts, tolerance, allow_growth)
         for chain in chains:
             sites[chain.key] = site_of(chain, folded=False)
+        for chain in chains:
+            if chain.rejection is None:
+                chain.rejection = overflow_rejection(chain)
+                if chain.rejection is not None:
+                    sites[chain.key] = site_of(chain, folded=False)
         batch = non_overlapping([c for c in chains if c.rejection is None])
         if not batch:
             break

@@ -35,8 +35,9 @@ class MissingDependencyError(LconnxError):
     """An optional dependency (onnxruntime) is needed for this operation."""
 
 
-class UsageError(LconnxError):
-    """A command-line value that cannot work (exit 2, like argparse's own usage errors)."""
+class UsageError(LconnxError, ValueError):
+    """An argument that cannot work: exit 2 on the command line, like argparse's own usage
+    errors; a ValueError too, for callers of the library that catch that."""
 
     exit_code = 2
 

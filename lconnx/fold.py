@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -59,6 +60,28 @@ def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
     if b2 is not None:
         bias = b2 if bias is None else bias + b2
     return weight, bias
+
+
+#: Narrow float types whose range a merged product can leave; float32 and wider cannot, in
+#: practice (their folds would need weights near 1e19).
+_NARROW_FLOATS = {"FLOAT16": np.float16, "BFLOAT16": ml_dtypes.bfloat16}
+
+
+def overflow_rejection(chain: Chain) -> str | None:
+    """Why a fp16 / bf16 chain cannot fold: its merged weights would not fit the type (the
+    cast would write inf). Costs one extra product, and only for those narrow types."""
+    narrow = _NARROW_FLOATS.get(chain.dtype)
+    if narrow is None:
+        return None
+    weight, bias = merged_affine(chain)
+    limit = float(ml_dtypes.finfo(narrow).max)
+    worst = max(
+        float(np.abs(weight).max(initial=0.0)),
+        float(np.abs(bias).max(initial=0.0)) if bias is not None else 0.0,
+    )
+    if not worst <= limit:
+        return f"merged weights overflow {chain.dtype.lower()} (max |w| {worst:.3g} > {limit:.5g})"
+    return None
 
 
 def fold_all(

@@ -30,6 +30,8 @@ from lconnx.signals import deferred_signals
 
 #: Protobuf cannot serialise a message over 2 GiB; stay clear of it with some headroom.
 PROTO_LIMIT_BYTES = 2_000_000_000
+#: The model's name inside a save's temp folder: any OUT name, however encoded, is renamed to.
+TMP_MODEL_NAME = "model.onnx"
 
 
 def external_data_paths(model: onnx.ModelProto, model_path: str | os.PathLike[str]) -> set[Path]:
@@ -53,16 +55,16 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
     # beside the loaded model: peak 2× model size instead of 3×. Its verdict is raised after
     # the checks below, so those keep their own messages.
     check_error: Exception | None = None
-    try:
-        onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        check_error = exc
-    except (ValueError, UnicodeError, OSError) as exc:  # a location the C++ side cannot take
-        check_error = exc
+    encodable = _utf8(os.fspath(path))
+    if encodable:  # onnx's C++ side takes UTF-8 paths only; others are checked in memory below
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            check_error = exc
     model = parse_model(path)
     check_text(model)
     files = ext.check_refs(model, path)
-    if files and check_error is not None:
+    if files and check_error is not None or not encodable:
         # onnx's C++ side refuses any symlinked data file (the Hugging Face cache links into
         # blobs/); the references passed lconnx's own rules above, so judge the graph alone
         check_error = _check_skeleton(model)
@@ -159,6 +161,14 @@ def _checked_input_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _shown(path: Path) -> str:
     """A path as it can stand in a one-line message (undecodable bytes escaped)."""
     text = os.fsdecode(path)
@@ -197,6 +207,11 @@ def save_model(
     out = Path(out_path)
     folder = out.resolve().parent
     external = external or model_data_bytes(model) >= PROTO_LIMIT_BYTES
+    if external and not _utf8(out.name):
+        raise OutputPathError(
+            f"{_shown(out)}: the name is not valid UTF-8, and ONNX stores the external data's "
+            "file name (derived from it) as UTF-8; choose another name"
+        )
     old_data = _lconnx_data_of(out)
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=folder))
@@ -205,7 +220,7 @@ def save_model(
     try:
         try:
             data_name = ext.write_data(model, tmp_dir, out.name) if external else None
-            tmp_model = tmp_dir / out.name
+            tmp_model = tmp_dir / TMP_MODEL_NAME
             _write_durably(tmp_model, model.SerializeToString())
         except OSError as exc:
             raise OutputPathError(f"{out}: write failed, nothing written: {exc.strerror}") from None
@@ -240,7 +255,7 @@ def _publish(tmp_dir: Path, data_name: str | None, out: Path, folder: Path) -> N
             ):
                 os.replace(tmp_dir / data_name, target)
                 _fsync_folder(folder)
-        os.replace(tmp_dir / out.name, out)
+        os.replace(tmp_dir / TMP_MODEL_NAME, out)
         _fsync_folder(folder)
     except OSError as exc:
         raise OutputPathError(f"{out}: could not be put in place: {exc.strerror}") from None

@@ -59,8 +59,7 @@ class OutputPlan:
                 if _same(target.path, ident, path, read_ident):
                     if (target.role, role) == ("output model", "input model"):
                         raise OutputPathError(
-                            f"{target.path}: output equals the input ({path}); choose another "
-                            "path"
+                            f"{target.path}: output equals the input ({path}); choose another path"
                         )
                     raise OutputPathError(
                         f"{target.path}: the {target.role} must not overwrite the {role} ({path})"

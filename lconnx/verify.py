@@ -202,6 +202,12 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     for vi in model.graph.input:
         if vi.name in initializers:
             continue
+        kind = vi.type.WhichOneof("value")
+        if kind != "tensor_type" or vi.type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
+            raise LconnxError(
+                f"input '{vi.name}' is a {kind or 'value of no type'}, not a typed tensor: "
+                "verification cannot make data for it (use --no-verify)"
+            )
         ttype = vi.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
         dims = None
@@ -215,7 +221,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
-    """``["x=8,128"]`` → ``{"x": [8, 128]}``; raises ValueError with the offending spec."""
+    """``["x=8,128"]`` → ``{"x": [8, 128]}``; raises UsageError with the offending spec."""
     shapes: dict[str, list[int]] = {}
     for spec in specs:
         name, sep, dims = spec.partition("=")
@@ -224,7 +230,7 @@ def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
         except ValueError:
             values = None
         if not name or values is None or any(v <= 0 for v in values):
-            raise ValueError(f"bad --shape '{spec}': expected name=dim,dim,... with dims > 0")
+            raise UsageError(f"bad --shape '{spec}': expected name=dim,dim,... with dims > 0")
         shapes[name] = values
     return shapes
 
@@ -360,6 +366,11 @@ def load_data(
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
                 raise LconnxError(f"{path}: array '{key}' unreadable: {first_line(exc)}") from exc
     labels = arrays.pop(LABELS_KEY, None) if LABELS_KEY not in specs else None
+    empty = [name for name, array in arrays.items() if array.ndim == 0 or 0 in array.shape]
+    if empty:
+        raise LconnxError(
+            f"{path}: array '{empty[0]}' holds no samples (shape {arrays[empty[0]].shape})"
+        )
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
         raise LconnxError(
