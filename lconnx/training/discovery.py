@@ -112,6 +112,34 @@ def _from_projection(graph: FlowGraph, modules: dict[str, nn.Module], index: int
     return node.op == "module" and linear_form(modules.get(node.target)) is not None
 
 
+_ACTIVATION_WORDS = ("act", "elu", "glu", "swish", "mish", "gelu", "sigmoid", "tanh", "softplus")
+
+
+def _unknown_activation(
+    graph: FlowGraph, modules: dict[str, nn.Module], fc1_name: str, head: FlowNode
+) -> Rejection | None:
+    """``Linear -> X -> Linear`` where X looks like an activation nobody classified: say so,
+    rather than leave the user with an unexplained empty result. Anything else between two
+    linear layers (a norm, a custom block) is simply not a candidate."""
+    if len(head.users) != 1:
+        return None
+    node = graph.nodes[head.users[0]]
+    mod = modules.get(node.target) if node.op == "module" else None
+    if mod is None or any(True for _ in mod.children()) or linear_form(mod) is not None:
+        return None
+    name = type(mod).__name__
+    if not any(w in name.lower() for w in _ACTIVATION_WORDS) or len(node.users) != 1:
+        return None
+    if linear_form(modules.get(graph.nodes[node.users[0]].target)) is None:
+        return None
+    return Rejection(
+        fc1_name,
+        node.target,
+        f"activation {name} is not a known activation; only classified near-linear "
+        "activations are replaced (see lconnx.training.activations)",
+    )
+
+
 def _norm_fits(bn: nn.Module, form: LinearForm) -> bool:
     """BatchNorm1d folds into last-axis layers, BatchNorm2d into 1x1 convs (channels on dim 1)."""
     wanted = nn.BatchNorm2d if form.channel_axis == 1 else nn.BatchNorm1d
@@ -140,7 +168,7 @@ def _match_one(
         if (k := _activation(nodes[u], modules)) is not None
     ]
     if not acts:
-        return None  # a linear layer not followed by an activation is not a candidate
+        return _unknown_activation(graph, modules, fc1_name, head)
     act_node, kind = acts[0]
 
     def reject(reason: str) -> Rejection:

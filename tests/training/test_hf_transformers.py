@@ -63,13 +63,27 @@ def _vit() -> torch.nn.Module:
 
 
 def test_gpt2_conv1d_blocks_fold_in_torch_and_onnx(tmp_path):
+    # other batch size and sequence length: export_onnx makes both dynamic for HF models
     folded, _ = hz.collapse_end_to_end(
-        tmp_path, _gpt2, _text(), blocks=2, other_inputs=_text(batch=3)
+        tmp_path, _gpt2, _text(), blocks=2, other_inputs=_text(batch=3, seq=5)
     )
     mlp = folded.transformer.h[0].mlp
     # the merged layer keeps the HF Conv1D form ([in, out] weights) and the rest is gone
     assert type(mlp.c_fc).__name__ == "Conv1D" and tuple(mlp.c_fc.weight.shape) == (32, 32)
     assert isinstance(mlp.act, torch.nn.Identity) and isinstance(mlp.c_proj, torch.nn.Identity)
+
+
+def test_export_turns_the_kv_cache_off_and_back_on(tmp_path):
+    model = _gpt2()
+    model.config.use_cache = True  # a DynamicCache output would make torch.export fail
+    path = export_onnx(model, {"input_ids": _text()["input_ids"]}, tmp_path / "gpt2.onnx")
+    assert model.config.use_cache is True
+    proto = __import__("onnx").load(str(path))
+    assert [i.name for i in proto.graph.input] == ["input_ids"]
+    ids = {"input_ids": _text(batch=3, seq=11)["input_ids"]}
+    np.testing.assert_allclose(
+        hz.run_onnx(proto, ids), hz.run_torch(model, ids), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_gpt2_block_report_names_the_activation():
@@ -177,3 +191,18 @@ def test_linear_activation_starts_at_slope_one():
 def test_ordered_dict_inputs_are_a_mapping():
     inputs = collections.OrderedDict(_text())
     assert len(discover(_bert(), inputs).blocks) == 2
+
+
+def test_an_unknown_activation_module_is_reported_not_ignored():
+    class SquashAct(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(x) + 0.1 * torch.sin(x)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), SquashAct(), torch.nn.Linear(8, 4))
+    found = discover(model)
+    assert found.blocks == []
+    [rejection] = found.rejected
+    assert rejection.act == "1" and "SquashAct is not a known activation" in rejection.reason
+    # a norm between two Linears is not an activation at all: no candidate, no noise
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
+    assert discover(plain).rejected == []
