@@ -35,6 +35,19 @@ def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
 
 
+def _input_names(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    """``input`` / ``input_i`` for positional inputs; for keyword tensors their own names, in
+    the forward signature's order (the order the exported graph takes them in)."""
+    if args or not kwargs or not all(isinstance(v, Tensor) for v in kwargs.values()):
+        return _names("input", len(_flat_tensors((args, kwargs))))
+    try:
+        bound = inspect.signature(model.forward).bind_partial(**kwargs).arguments
+    except TypeError:
+        return list(kwargs)
+    ordered = [k for k in bound if k in kwargs]
+    return ordered + [k for k in kwargs if k not in ordered]  # **kwargs-swallowed ones last
+
+
 def _flat_tensors(obj: Any) -> list[Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(obj) if isinstance(t, Tensor)]
 
@@ -50,6 +63,7 @@ def export_onnx(
     external_data: bool | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
+    dynamic_sequence: bool | None = None,
 ) -> Path:
     """Export ``model`` in eval mode to ``path`` and return the path.
 
@@ -57,6 +71,10 @@ def export_onnx(
     exceed ~1.9 GiB; ``True``/``False`` force it. With ``dynamic_batch`` dim 0 of every
     tensor input and output is named ``batch``. For the dynamo exporter the example batch
     size must be at least 2 (torch.export specialises size-1 dimensions).
+
+    Hugging Face models (a ``config`` attribute) export with ``use_cache=False``: a KV cache
+    is not a tensor output. ``dynamic_sequence`` (default: on for HF models under dynamo)
+    also makes dim 1 of integer ``[batch, seq]`` inputs (token ids, masks) dynamic.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,14 +86,22 @@ def export_onnx(
         model_bytes(model) > LARGE_MODEL_BYTES if external_data is None else external_data
     )
     was_training = model.training
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)
+    if dynamic_sequence is None:
+        dynamic_sequence = config is not None and dynamo
     model.eval()
     try:
+        if cached:
+            config.use_cache = False
         with torch.no_grad():
             outputs = _flat_tensors(model(*args, **kwargs))
-        in_names = input_names or _names("input", len(_flat_tensors((args, kwargs))))
+        in_names = input_names or _input_names(model, args, kwargs)
         out_names = output_names or _names("output", len(outputs))
         if dynamo:
-            dynamic_shapes = _batch_shapes(model, args, kwargs) if dynamic_batch else None
+            dynamic_shapes = (
+                _batch_shapes(model, args, kwargs, dynamic_sequence) if dynamic_batch else None
+            )
             torch.onnx.export(
                 model,
                 args,
@@ -114,16 +140,23 @@ def export_onnx(
                     size_threshold=0,
                 )
     finally:
+        if cached:
+            config.use_cache = cached
         model.train(was_training)
     return path
 
 
-def _batch_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """torch.export ``dynamic_shapes`` marking dim 0 of every tensor input as ``batch``."""
+def _batch_shapes(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], sequence: bool = False
+) -> Any:
+    """torch.export ``dynamic_shapes`` marking dim 0 of every tensor input as ``batch`` (and,
+    with ``sequence``, dim 1 of integer 2-D inputs as a sequence length export may keep)."""
     batch = torch.export.Dim("batch")
 
     def spec(x: Any) -> Any:
         if isinstance(x, Tensor):
+            if sequence and x.dim() == 2 and not x.is_floating_point():
+                return {0: batch, 1: torch.export.Dim.AUTO}
             return {0: batch} if x.dim() > 0 else None
         if isinstance(x, tuple | list):
             return type(x)(spec(v) for v in x)

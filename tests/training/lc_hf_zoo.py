@@ -80,12 +80,11 @@ def run_onnx(model_proto: Any, inputs: Any) -> np.ndarray:
 
     sess = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if isinstance(inputs, Mapping):
-        values = [v.numpy() for v in inputs.values()]
-    else:
-        values = [inputs.numpy()]
-    assert len(names) == len(values), (names, list(inputs) if isinstance(inputs, Mapping) else 1)
-    return sess.run(None, dict(zip(names, values, strict=True)))[0]
+    if isinstance(inputs, Mapping):  # export_onnx names keyword inputs after themselves
+        assert sorted(names) == sorted(inputs), (names, list(inputs))
+        return sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    [name] = names
+    return sess.run(None, {name: inputs.numpy()})[0]
 
 
 def collapse_end_to_end(
