@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lconnx.io import external_data_files
+
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "models")]
 from measure import run_measured  # noqa: E402
@@ -115,7 +117,8 @@ def main() -> None:
         row = build(src, args.layers, args.dim, args.hidden) | optimize(src, dst)
         if "error" not in row:
             row["max_abs_error"] = output_error(src, dst, args.dim)
-            row["output_has_external_data"] = (work / "large.opt.onnx.data").exists()
+            skeleton = onnx.load(str(dst), load_external_data=False)
+            row["output_has_external_data"] = bool(external_data_files(skeleton))
         results["large"] = row
         print(_line(f"{args.layers} layers", row), flush=True)
     finally:

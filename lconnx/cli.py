@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lconnx._version import __version__
-from lconnx.errors import LconnxError, OutputPathError, UsageError, first_line
+from lconnx.errors import LconnxError, UsageError, first_line
 from lconnx.memory import release_garbage, unmap_large_frees
 from lconnx.signals import Terminated, install_stop_handlers
 from lconnx.terminal import stdout
@@ -508,21 +508,25 @@ def _verify(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from lconnx.bench import benchmark
     from lconnx.bench_report import load_collapse_report, render_bench, write_outputs
+    from lconnx.io import external_data_paths, parse_model
+    from lconnx.outputs import OutputPlan
 
     shapes = _shapes(args)
-    for target in (args.json, args.markdown):
-        if target is not None:
-            if Path(target).resolve() in {Path(m).resolve() for m in args.models}:
-                raise OutputPathError(f"{target}: would overwrite a model")
-            if not Path(target).resolve().parent.is_dir():
-                raise OutputPathError(f"{target}: folder does not exist")
+    plan = OutputPlan()
+    for model in args.models:
+        plan.read(model, "benchmarked model")
+        for data in sorted(external_data_paths(parse_model(model), model)):
+            plan.read(data, "external data of a benchmarked model")
+    if args.report:
+        plan.read(args.report, "--report")
+    plan.write(args.json, "JSON output").write(args.markdown, "Markdown output")
+    plan.write(args.plot_dir, "plot folder", folder=True)
+    plan.check()
     report = load_collapse_report(args.report) if args.report else None
     if args.plot_dir:
         from lconnx.plots import require_matplotlib
 
         require_matplotlib()
-        if Path(args.plot_dir).exists() and not Path(args.plot_dir).is_dir():
-            raise OutputPathError(f"{args.plot_dir}: exists and is not a folder")
     result = benchmark(
         args.models,
         providers=args.provider,

@@ -330,7 +330,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
-        raise OutputPathError(f"{path}: folder {folder} does not exist")
+        raise OutputPathError(f"{path}: folder does not exist ({folder})")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
     except OSError as exc:

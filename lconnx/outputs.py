@@ -119,7 +119,7 @@ def _check_folder(target: Target) -> None:
     if target.folder and target.path.is_dir():
         folder = Path(os.path.realpath(target.path))
     if not folder.is_dir():
-        raise OutputPathError(f"{target.path}: folder {folder} does not exist")
+        raise OutputPathError(f"{target.path}: folder does not exist ({folder})")
     try:
         fd, probe = tempfile.mkstemp(prefix=".lconnx-probe-", dir=folder)
     except OSError as exc:

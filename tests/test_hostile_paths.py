@@ -208,3 +208,18 @@ def test_written_files_get_the_usual_mode(tmp_path, ext_model):
     assert len(written) == 3
     for name in written:
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
+
+
+@pytest.mark.parametrize(
+    "flag,target,fragment",
+    [
+        ("--json", "weights.bin", "the JSON output must not overwrite the external data"),
+        ("--markdown", "e.onnx", "the Markdown output must not overwrite the benchmarked model"),
+        ("--plot-dir", "e.onnx", "plot folder exists and is not a folder"),
+        ("--json", "nope/b.json", "folder does not exist"),
+    ],
+)
+def test_bench_outputs_follow_the_same_contract(tmp_path, ext_model, flag, target, fragment):
+    _refused_without_a_trace(
+        tmp_path, ["bench", ext_model, "--repeat", "1", flag, tmp_path / target], 1, fragment
+    )

@@ -132,3 +132,13 @@ def test_checked_save_of_an_invalid_model_writes_nothing(tmp_path):
     with pytest.raises(ModelLoadError, match="failed onnx.checker, not written"):
         save_model(m, tmp_path / "bad.onnx", external=True, check=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_past_the_protobuf_limit_is_saved_with_external_data(tmp_path, monkeypatch):
+    """The >2 GB path, at test size: past the limit, weights go outside whatever was asked."""
+    import lconnx.io
+
+    monkeypatch.setattr(lconnx.io, "PROTO_LIMIT_BYTES", 2_000)
+    out = save_model(mlp_gemm(), tmp_path / "big.onnx", external=False, check=True)
+    model, external = load_model(out)
+    assert external and any(is_lconnx_data_name("big.onnx", p.name) for p in tmp_path.iterdir())
