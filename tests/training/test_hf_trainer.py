@@ -137,3 +137,54 @@ def test_optimiser_built_before_the_callback_is_an_error(tmp_path):
     )
     with pytest.raises(RuntimeError, match="not in the optimiser"):
         trainer.train()
+
+
+def _readme_block() -> str:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Hugging Face, timm and torchvision models", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "no python block in the README's Hugging Face section"
+    return match.group(1)
+
+
+def test_readme_hf_recipe_runs_and_folds_a_gpt2(tmp_path, monkeypatch, capsys):
+    import lconnx
+
+    torch.manual_seed(0)
+    cfg = T.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        vocab_size=64,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = T.GPT2LMHeadModel(cfg)
+
+    class LmData(_Data):
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            item = super().__getitem__(i)
+            return item | {"labels": item["input_ids"]}
+
+    batch = T.BatchEncoding(
+        {"input_ids": LmData().ids[:2], "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    )
+    namespace = {
+        "model": model,
+        "args": _args(tmp_path / "run"),
+        "train_set": LmData(),
+        "batch": batch,
+    }
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_readme_block(), "README.md", "exec"), namespace)
+    assert "activation 'gelu_new' replaced by a PReLU" in capsys.readouterr().out
+    result = lconnx.collapse(str(tmp_path / "model.onnx"))
+    sites = [s for s in result.report.sites if "PRelu" in s.ops]
+    assert len(sites) == 2 and all(s.folded for s in sites), result.report.sites
+    np.testing.assert_allclose(
+        hz.run_onnx(result.model, batch), hz.run_torch(model, batch), rtol=1e-4, atol=1e-5
+    )
