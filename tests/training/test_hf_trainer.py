@@ -188,3 +188,33 @@ def test_readme_hf_recipe_runs_and_folds_a_gpt2(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(
         hz.run_onnx(result.model, batch), hz.run_torch(model, batch), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="no gloo",
+)
+def test_trainer_callback_under_two_gloo_ranks(tmp_path):
+    """torchrun launch: the Trainer wraps the model in DDP; slopes stay identical and hit 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    worker = Path(__file__).with_name("lc_hf_ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(worker), str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert len(r0["slopes"]) == 2  # unwrapped names: no "module." prefix
+    for name, slope in r0["slopes"].items():
+        assert "module." not in name
+        assert torch.equal(slope, r1["slopes"][name]) and float(slope) == 1.0, name
+    assert torch.equal(r0["classifier"], r1["classifier"])
+    assert r0["max_dev"][0] > 0.5 and r0["max_dev"][3:] == [0.0, 0.0, 0.0]
