@@ -328,7 +328,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _optimize(args: argparse.Namespace) -> int:
     from lconnx.collapse import collapse
-    from lconnx.io import external_data_paths, load_model, parse_model, save_model
+    from lconnx.io import load_model, save_model
     from lconnx.outputs import OutputPlan
     from lconnx.report import render_table
     from lconnx.verify import load_data
@@ -346,11 +346,15 @@ def _optimize(args: argparse.Namespace) -> int:
         .write(args.report, "report")
     )
     plan.check()  # paths alone, before the input is even parsed
-    input_data = external_data_paths(parse_model(args.input), args.input)
-    for path in sorted(input_data):
-        plan.read(path, "input's external data")
-    plan.check()
-    model, external = load_model(args.input)
+    input_data: set[Path] = set()
+
+    def check_against_data(files: set[Path]) -> None:
+        input_data.update(files)
+        for path in sorted(files):
+            plan.read(path, "input's external data")
+        plan.check()
+
+    model, external = load_model(args.input, before_reading=check_against_data)
     console = _console()
     data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
     if data is not None:

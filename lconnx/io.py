@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import onnx
@@ -44,10 +44,15 @@ def external_data_files(model: onnx.ModelProto) -> set[str]:
     return {ext.parse_ref(t).location for t in ext.external_tensors(model)}
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
+def load_model(
+    path: str | os.PathLike[str],
+    before_reading: Callable[[set[Path]], None] | None = None,
+) -> tuple[onnx.ModelProto, bool]:
     """Load and validate a model; return it with whether it used external data.
 
-    Every failure becomes a one-line ModelLoadError naming the problem.
+    Every failure becomes a one-line ModelLoadError naming the problem. ``before_reading`` is
+    called with the (checked, resolved) external-data files before a byte of them is read: the
+    CLI checks its output paths against them there, with no second parse of the model.
     """
     path = _checked_input_path(path)
     # The path form of the checker reads the file in C++ (external data and >2 GB models
@@ -72,6 +77,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, bool]:
         raise ModelLoadError(
             f"{_shown(path)}: invalid ONNX graph: {first_line(check_error)}"
         ) from check_error
+    if before_reading is not None:
+        before_reading(set(files))
     ext.read_refs(files)
     return model, bool(files)
 
@@ -205,7 +212,7 @@ def save_model(
     """
     ext.check_loaded(model)
     out = Path(out_path)
-    folder = out.resolve().parent
+    folder = out.parent.resolve()  # where OUT's entry lives (a link at OUT is replaced)
     external = external or model_data_bytes(model) >= PROTO_LIMIT_BYTES
     if external and not _utf8(out.name):
         raise OutputPathError(
@@ -263,14 +270,15 @@ def _publish(tmp_dir: Path, data_name: str | None, out: Path, folder: Path) -> N
 
 def _lconnx_data_of(out: Path) -> set[Path]:
     """Data files the model now at OUT reads that lconnx wrote for it (so may remove)."""
-    if not out.is_file():
-        return set()
+    folder = out.parent.resolve()
+    ours = [n for n in os.listdir(folder) if ext.is_lconnx_data_name(out.name, n)]
+    if not ours or not out.is_file():
+        return set()  # and no need to parse a large inline model
     try:
         with open(out, "rb") as handle:
             old = onnx.ModelProto.FromString(handle.read())
     except (OSError, DecodeError, RuntimeError, ValueError):
         return set()
-    folder = out.resolve().parent
     names = set()
     for tensor in ext.external_tensors(old):
         for entry in tensor.external_data:

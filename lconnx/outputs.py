@@ -115,7 +115,7 @@ def _check_kind(target: Target) -> None:
 
 
 def _check_folder(target: Target) -> None:
-    folder = Path(os.path.realpath(target.path)).parent
+    folder = Path(os.path.realpath(target.path.parent))  # where the entry lives
     if target.folder and target.path.is_dir():
         folder = Path(os.path.realpath(target.path))
     if not folder.is_dir():
