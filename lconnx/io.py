@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -220,11 +221,7 @@ def save_model(
             "file name (derived from it) as UTF-8; choose another name"
         )
     old_data = _lconnx_data_of(out)
-    try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=folder))
-    except OSError as exc:
-        raise OutputPathError(f"{out}: cannot write in {folder}: {exc.strerror}") from None
-    try:
+    with temp_folder(folder, out) as tmp_dir:
         try:
             data_name = ext.write_data(model, tmp_dir, out.name) if external else None
             tmp_model = tmp_dir / TMP_MODEL_NAME
@@ -238,9 +235,27 @@ def save_model(
         with deferred_signals():
             _publish(tmp_dir, data_name, out, folder)
         _remove_replaced(old_data - ({folder / data_name} if data_name else set()), keep)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+@contextmanager
+def temp_folder(folder: Path, target: Path) -> Iterator[Path]:
+    """A ``.lconnx-*`` folder beside ``target``, removed however the block ends. It is made
+    with the stop signals held back, so no signal lands between its creation and the
+    ``finally`` that removes it."""
+    path: Path | None = None
+    try:
+        with deferred_signals():
+            try:
+                path = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=folder))
+            except OSError as exc:
+                raise OutputPathError(
+                    f"{_shown(target)}: cannot write in {folder}: {exc.strerror}"
+                ) from None
+        yield path
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_written(tmp_model: Path, out: Path) -> None:
@@ -339,17 +354,14 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     folder = path.resolve().parent
     if not folder.is_dir():
         raise OutputPathError(f"{path}: folder does not exist ({folder})")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".lconnx-", dir=folder)
-    except OSError as exc:
-        raise OutputPathError(f"{path}: cannot write in {folder}: {exc.strerror}") from None
-    os.close(fd)
-    try:
-        _write_durably(Path(tmp), text)
-        with deferred_signals():
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputPathError(f"{path}: write failed, nothing written: {exc.strerror}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with temp_folder(folder, path) as tmp_dir:
+        tmp = tmp_dir / "text"
+        try:
+            _write_durably(tmp, text)
+            with deferred_signals():
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputPathError(
+                f"{path}: write failed, nothing written: {exc.strerror}"
+            ) from None
     return path

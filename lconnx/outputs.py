@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lconnx.errors import OutputPathError
 from lconnx.external_data import is_lconnx_data_name
+from lconnx.signals import deferred_signals
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,12 @@ def _check_folder(target: Target) -> None:
         folder = Path(os.path.realpath(target.path))
     if not folder.is_dir():
         raise OutputPathError(f"{target.path}: folder does not exist ({folder})")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".lconnx-probe-", dir=folder)
-    except OSError as exc:
-        raise OutputPathError(
-            f"{target.path}: cannot write in folder {folder}: {exc.strerror}"
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
+    with deferred_signals():  # a stop between creation and unlink would leave the probe
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".lconnx-probe-", dir=folder)
+        except OSError as exc:
+            raise OutputPathError(
+                f"{target.path}: cannot write in folder {folder}: {exc.strerror}"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from typing import Any
 import onnx
 
 from lconnx.errors import LconnxError, MissingDependencyError, first_line
-from lconnx.io import external_data_paths, load_model, parse_model, save_model
+from lconnx.io import external_data_paths, load_model, parse_model, save_model, temp_folder
 from lconnx.outputs import OutputPlan
 from lconnx.verify import INSTALL_HINT
 
@@ -99,25 +97,21 @@ def quantize_int8(
         plan.read(path, "input's external data")
     plan.check()
     dst = Path(out_path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".lconnx-", dir=dst.resolve().parent))
-    try:
-        with _quiet_root_logger():
-            quantization.quantize_dynamic(
-                str(src),
-                str(tmp_dir / "model.onnx"),
-                weight_type=quantization.QuantType.QInt8,
-                op_types_to_quantize=list(op_types) if op_types is not None else None,
-                per_channel=per_channel,
-                use_external_data_format=bool(inputs),
-            )
+    with temp_folder(dst.parent.resolve(), dst) as tmp_dir:
+        try:
+            with _quiet_root_logger():
+                quantization.quantize_dynamic(
+                    str(src),
+                    str(tmp_dir / "model.onnx"),
+                    weight_type=quantization.QuantType.QInt8,
+                    op_types_to_quantize=list(op_types) if op_types is not None else None,
+                    per_channel=per_channel,
+                    use_external_data_format=bool(inputs),
+                )
+        except Exception as exc:  # onnxruntime raises untyped errors
+            raise LconnxError(f"onnxruntime quantization failed: {first_line(exc)}") from exc
         quantized, external = load_model(tmp_dir / "model.onnx")
         save_model(quantized, dst, external=external, keep=inputs)
-    except LconnxError:
-        raise
-    except Exception as exc:  # onnxruntime raises untyped errors
-        raise LconnxError(f"onnxruntime quantization failed: {first_line(exc)}") from exc
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return dst
 
 
