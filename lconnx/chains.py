@@ -22,6 +22,7 @@ from lconnx.constants import FLOAT_TYPES, elem_type_name
 from lconnx.cost import ChainCost
 from lconnx.linear import Linear, Rejection, match_linear
 from lconnx.middle import MIDDLE_OPS, Affine, match_middle
+from lconnx.shape_readers import Rewire, input_side, rewires_for
 from lconnx.subgraphs import outer_references
 
 #: Ops that are walked through (and reported as the blocker) so a user learns why
@@ -84,6 +85,8 @@ class Chain:
     slope_deviation: float | None = None
     hidden: list[gs.Tensor] = field(default_factory=list)
     composites: list[Composite] = field(default_factory=list)
+    #: Shape readers of hidden tensors to move to a same-shaped tensor outside, when folded
+    rewires: list[Rewire] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,10 +196,16 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         return pair
     if first.shape[1] != h2:
         return f"inner dimensions differ: {first.shape[1]} vs {h2}"
+    inside = {id(node) for node in chain.nodes}
+    outside = input_side(first.x)
     for tensor in chain.hidden:
         problem = _sharing_problem(tensor, facts)
         if problem:
-            return problem
+            readers = [n for n in tensor.outputs if id(n) not in inside]
+            plan = rewires_for(tensor, readers, outside, facts.inputs) if readers else None
+            if plan is None or tensor.name in facts.outputs | facts.subgraph_refs:
+                return problem
+            chain.rewires.extend(plan)
     for node in chain.middle:
         for extra in node.outputs[1:]:
             if extra.outputs or extra.name in facts.outputs or extra.name in facts.subgraph_refs:

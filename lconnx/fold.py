@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from lconnx.chains import Chain
 from lconnx.constants import make_constant
 from lconnx.middle import compose
+from lconnx.shape_readers import apply as apply_rewires
 from lconnx.subgraphs import nested_graphs
 
 SUFFIX = "/lconnx_fold"
@@ -92,6 +93,8 @@ def fold_all(
 
     ``protected``: names read from outside this graph's node list (graph outputs, subgraph
     reads); their producers are kept even when nothing here reads them any more."""
+    for chain in chains:
+        apply_rewires(chain.rewires)  # Shape readers move off the hidden tensors first
     rewrites = [_rewrite(chain, names) for chain in chains]
     detach([node for _, removed, _ in rewrites for node in removed])
     return [
