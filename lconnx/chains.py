@@ -98,11 +98,15 @@ class Chain:
         return [*self.first.nodes, *self.middle, *self.second.nodes]
 
 
-def index_linears(graph: gs.Graph, facts: GraphFacts) -> dict[int, Linear]:
-    """Every linear layer in ``graph``, keyed by ``id`` of its head node."""
+def index_linears(graph: gs.Graph, facts: GraphFacts, convs: bool = False) -> dict[int, Linear]:
+    """Every linear layer in ``graph``, keyed by ``id`` of its head node.
+
+    ``convs``: also pointwise Convs (channels on axis 1). Only the whole-block pass asks for
+    them; the partial and affine-fit passes emit last-axis Gemm / MatMul layers only."""
+    ops = ("Gemm", "MatMul", "Conv") if convs else ("Gemm", "MatMul")
     found: dict[int, Linear] = {}
     for node in graph.nodes:
-        if node.op in ("Gemm", "MatMul"):
+        if node.op in ops:
             match = match_linear(node, facts.inputs, facts.outputs)
             if isinstance(match, Linear):
                 found[id(node)] = match
@@ -202,7 +206,13 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         problem = _sharing_problem(tensor, facts)
         if problem:
             readers = [n for n in tensor.outputs if id(n) not in inside]
-            plan = rewires_for(tensor, readers, outside, facts.inputs) if readers else None
+            # Shape readers are rewired by their leading dims: sound on the last feature axis only
+            last_axis = first.feature_axis == -1
+            plan = (
+                rewires_for(tensor, readers, outside, facts.inputs)
+                if readers and last_axis
+                else None
+            )
             if plan is None or tensor.name in facts.outputs | facts.subgraph_refs:
                 return problem
             chain.rewires.extend(plan)
@@ -210,10 +220,11 @@ def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -
         for extra in node.outputs[1:]:
             if extra.outputs or extra.name in facts.outputs or extra.name in facts.subgraph_refs:
                 return f"{node.op} output '{extra.name}' is used"
-    if any(node.op == "Reshape" for node in chain.middle) and not _same_rows(first, second):
+    reshaped = any(node.op == "Reshape" for node in chain.middle)
+    if reshaped and first.feature_axis == -1 and not _same_rows(first, second):
         return "Reshape between the linears changes the row layout"
     for node in chain.middle:
-        match = match_middle(node, tolerance, facts.inputs, h2)
+        match = match_middle(node, tolerance, facts.inputs, h2, first.feature_axis)
         if isinstance(match, Rejection):
             return match.reason
         chain.maps.append(match)
@@ -231,6 +242,13 @@ def pair_problem(first: Linear, second: Linear) -> str | None:
         )
     if second.trans_a:
         return "second Gemm has transA=1 (it mixes rows)"
+    if first.feature_axis != second.feature_axis:
+        return (
+            f"{first.head.op} ({first.axis_name}) and {second.head.op} ({second.axis_name}) "
+            "read different feature axes"
+        )
+    if first.spatial_rank != second.spatial_rank:
+        return f"Conv spatial ranks differ: {first.spatial_rank} vs {second.spatial_rank}"
     return None
 
 

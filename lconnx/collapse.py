@@ -162,7 +162,7 @@ def _run_rounds(
 ) -> None:
     protected = facts.outputs | facts.subgraph_refs
     for _ in range(MAX_ROUNDS):
-        linears = index_linears(graph, facts)
+        linears = index_linears(graph, facts, convs=True)
         chains = find_chains(linears, facts, tolerance, allow_growth)
         for chain in chains:
             sites[chain.key] = site_of(chain, folded=False)

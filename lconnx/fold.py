@@ -2,8 +2,10 @@
 
 ``y = ((x·W1 + b1)·s + t)·W2 + b2 = x·(W1·diag(s)·W2) + ((b1·s + t)·W2 + b2)``,
 cast back once to the graph's dtype. 2-D inputs become one ``Gemm``; N-D inputs become
-``MatMul`` + ``Add``. The replaced nodes are detached; their weights disappear from the
-exported graph only if nothing else still reads them (shared weights are never mutated).
+``MatMul`` + ``Add``; a chain of pointwise Convs (channels on axis 1) becomes one pointwise
+``Conv`` with weight ``W^T`` reshaped to ``[N, K, 1, …]``. The replaced nodes are detached;
+their weights disappear from the exported graph only if nothing else still reads them
+(shared weights are never mutated).
 """
 
 from __future__ import annotations
@@ -172,7 +174,13 @@ def _rewrite(chain: Chain, names: Names) -> tuple[list[gs.Node], list[gs.Node], 
     fed_by = [t for node in removed for t in node.inputs if t is not x]
 
     two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
-    if two_d:
+    if first.feature_axis == 1:
+        kernel = weight.T.reshape(weight.shape[1], weight.shape[0], *[1] * first.spatial_rank)
+        inputs = [x, make_constant(names.fresh(f"{base}/weight"), kernel, elem_type)]
+        if bias is not None:
+            inputs.append(make_constant(names.fresh(f"{base}/bias"), bias, elem_type))
+        new = [gs.Node("Conv", name=base, inputs=inputs, outputs=[y])]
+    elif two_d:
         inputs = [x, make_constant(names.fresh(f"{base}/weight"), weight.T, elem_type)]
         if bias is not None:
             inputs.append(make_constant(names.fresh(f"{base}/bias"), bias, elem_type))

@@ -1,8 +1,12 @@
-"""One view of every linear form: ``y = x·W + b`` with a constant rank-2 ``W``.
+"""One view of every linear form: ``y = x·W + b`` on a feature axis, with a constant ``W``.
 
 Recognised: ``Gemm`` (alpha, beta, transA, transB, C scalar / (N) / (1, N) / absent) and
 ``MatMul`` with a constant rank-2 right operand, optionally followed by ``Add`` of a per-feature
-bias in either operand order. Each matcher returns a ``Linear`` or a ``Rejection`` that says why.
+bias in either operand order: features on the last axis. And a pointwise ``Conv`` (kernel 1 in
+every spatial dim, group 1, strides 1, dilations 1, no padding) on ``[N, C, *spatial]``: the same
+map applied to every pixel, with features (channels) on axis 1; its stored weight
+``[N_out, C, 1, …]`` is ``W^T`` once the unit dims are dropped. Each matcher returns a ``Linear``
+or a ``Rejection`` that says why.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class Linear:
     trans_a: bool = False  # Gemm transA=1: the layer acts on x^T
     inner: list[gs.Tensor] = field(default_factory=list)  # tensors private to the layer
     problem: str | None = None  # why this layer can never fold (a runtime weight)
+    #: where the features sit in ``x`` and ``y``: -1 (last) for Gemm / MatMul, 1 for Conv
+    feature_axis: int = -1
+    #: spatial rank of a pointwise Conv (its weight is ``[N, K] + [1] * spatial_rank``)
+    spatial_rank: int = 0
 
     @property
     def head(self) -> gs.Node:
@@ -45,8 +53,13 @@ class Linear:
     @property
     def shape(self) -> tuple[int, int]:
         """(K, N) of W in y = x·W + b."""
-        rows, cols = self.weight.shape
+        rows, cols = self.weight.shape[:2]
         return (cols, rows) if self.weight_transposed else (rows, cols)
+
+    @property
+    def axis_name(self) -> str:
+        """How a user would call the feature axis, for reasons that mix two of them."""
+        return "channels on axis 1" if self.feature_axis == 1 else "features on the last axis"
 
     @property
     def elem_type(self) -> int:
@@ -55,6 +68,8 @@ class Linear:
     def weight_matrix(self) -> np.ndarray:
         assert isinstance(self.weight, ConstRef), self.problem
         w = self.weight.array()
+        if self.spatial_rank:
+            w = w.reshape(w.shape[:2])  # [N, K, 1, …] → [N, K]: W^T of the pixel-wise map
         w = w.T if self.weight_transposed else w
         return w * self.alpha if self.alpha != 1.0 else w
 
@@ -88,7 +103,67 @@ def match_linear(
         return _match_gemm(node, graph_inputs)
     if node.op == "MatMul":
         return _match_matmul(node, graph_inputs, graph_outputs)
+    if node.op == "Conv":
+        return _match_conv(node, graph_inputs)
     return Rejection(f"{node.op} is not a linear op")
+
+
+def _match_conv(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:
+    """A Conv that mixes channels only, pixel by pixel: ``y[:, :, p] = W·x[:, :, p] + b``.
+
+    Anything that looks at neighbouring pixels (a kernel wider than 1, padding), skips pixels
+    (strides), or mixes only groups of channels is not a matrix product on the channel axis."""
+    if len(node.inputs) < 2:
+        return Rejection("Conv has fewer than 2 inputs")
+    weight = _weight_ref(node.inputs[1], graph_inputs)
+    if weight is None:
+        return Rejection(f"Conv weight '{node.inputs[1].name}' is not a constant")
+    spatial = len(weight.shape) - 2
+    if spatial < 1:
+        return Rejection(f"Conv weight has rank {len(weight.shape)}, expected at least 3")
+    kernel = list(weight.shape[2:])
+    if any(k != 1 for k in kernel):
+        return Rejection(
+            f"Conv has a {'x'.join(map(str, kernel))} kernel, not {'x'.join(['1'] * spatial)}"
+        )
+    problem = _conv_attr_problem(node, spatial)
+    if problem is not None:
+        return Rejection(problem)
+    n = weight.shape[0]
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        bias = _weight_ref(node.inputs[2], graph_inputs)
+        if bias is None:
+            return Rejection(f"Conv bias '{node.inputs[2].name}' is not a constant")
+        if tuple(bias.shape) != (n,):
+            return Rejection(f"Conv bias has shape {list(bias.shape)}, expected [{n}]")
+    return Linear(
+        nodes=[node],
+        x=node.inputs[0],
+        y=node.outputs[0],
+        weight=weight,
+        weight_transposed=True,
+        bias=bias,
+        problem=_weight_problem(weight) or (_weight_problem(bias) if bias else None),
+        feature_axis=1,
+        spatial_rank=spatial,
+    )
+
+
+def _conv_attr_problem(node: gs.Node, spatial: int) -> str | None:
+    """Why a Conv with a 1-wide kernel still is not a per-pixel matrix product."""
+    group = int(node.attrs.get("group", 1))
+    if group != 1:
+        return f"Conv has group {group}, not 1 (it mixes channels only within groups)"
+    for name, neutral in (("strides", 1), ("dilations", 1)):
+        values = list(node.attrs.get(name, [neutral] * spatial))
+        if any(v != neutral for v in values):
+            return f"Conv has {name} {values}, not {neutral}"
+    pads = list(node.attrs.get("pads", [0] * 2 * spatial))
+    if any(p != 0 for p in pads):
+        return f"Conv has pads {pads}, not 0 (padded border pixels get the bias only)"
+    # auto_pad: with a 1-wide kernel and stride 1, every mode pads nothing
+    return None
 
 
 def _match_gemm(node: gs.Node, graph_inputs: set[str]) -> Linear | Rejection:

@@ -3,6 +3,13 @@
 An activation with slope ``a`` (PRelu, LeakyRelu) is treated as the identity when
 ``max|a − 1| ≤ tolerance``: that is LayerCollapse's premise. Dropout is the identity at
 inference; BatchNormalization in inference form is ``h·s + t`` on the feature axis.
+
+Each map is read on the chain's feature axis (``Linear.feature_axis``): the last axis between
+Gemm / MatMul, axis 1 (channels) between pointwise Convs. Near-identity activations and Dropout
+do not depend on it: their slope only has to be within tolerance, whatever its broadcast shape
+(``[C, 1, 1]``, ``[C]``, ``[1]``). BatchNormalization always normalises axis 1, so it is a
+per-feature map between Convs at any rank but only on rank-2 tensors between Gemms; a Reshape
+keeps the features in place only on the last axis.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization",
 
 @dataclass
 class Affine:
-    """``h ↦ h·scale + shift`` on the last axis; scale/shift are scalars or length-H vectors."""
+    """``h ↦ h·scale + shift`` on the feature axis; scale/shift are scalars or length-H vectors."""
 
     scale: np.ndarray | float = 1.0
     shift: np.ndarray | float = 0.0
@@ -29,15 +36,18 @@ class Affine:
 
 
 def match_middle(
-    node: gs.Node, tolerance: float, graph_inputs: set[str], width: int
+    node: gs.Node, tolerance: float, graph_inputs: set[str], width: int, feature_axis: int = -1
 ) -> Affine | Rejection:
-    """Describe ``node`` as an affine map on rows of ``width`` features, or say why not."""
+    """Describe ``node`` as an affine map on ``width`` features along ``feature_axis`` (-1: the
+    last axis, 1: channels of ``[N, C, *spatial]``), or say why not."""
     foreign = foreign_op(node)
     if foreign is not None:
         return foreign
     if node.op == "Identity":
         return Affine()
     if node.op == "Reshape":
+        if feature_axis == 1:
+            return Rejection("Reshape between 1x1 Convs may move the channel axis")
         return _reshape(node, graph_inputs, width)
     if node.op == "LeakyRelu":
         return _slope_check(np.array([float(node.attrs.get("alpha", 0.01))]), tolerance)
@@ -49,7 +59,7 @@ def match_middle(
     if node.op == "Dropout":
         return _dropout(node, graph_inputs)
     if node.op == "BatchNormalization":
-        return _batchnorm(node, graph_inputs)
+        return _batchnorm(node, graph_inputs, width, feature_axis)
     return Rejection(f"{node.op} is not an identity or affine op")
 
 
@@ -105,14 +115,18 @@ def _reshape(node: gs.Node, graph_inputs: set[str], width: int) -> Affine | Reje
     return Affine()
 
 
-def _batchnorm(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
+def _batchnorm(
+    node: gs.Node, graph_inputs: set[str], width: int, feature_axis: int
+) -> Affine | Rejection:
     if node.attrs.get("training_mode", 0) or len([t for t in node.outputs if t.name]) > 1:
         return Rejection("BatchNormalization is in training mode")
     shape = node.inputs[0].shape
     hidden_rank = len(shape) if shape is not None else None
-    if hidden_rank is None:
+    if feature_axis == 1:
+        pass  # BatchNormalization's axis 1 is the channel axis the Convs mix
+    elif hidden_rank is None:
         return Rejection("BatchNormalization input rank unknown")
-    if hidden_rank != 2:
+    elif hidden_rank != 2:
         return Rejection(
             f"BatchNormalization on a rank-{hidden_rank} tensor normalises axis 1, "
             "not the feature axis"
@@ -121,6 +135,8 @@ def _batchnorm(node: gs.Node, graph_inputs: set[str]) -> Affine | Rejection:
     if len(params) != 4 or any(p is None for p in params):
         return Rejection("BatchNormalization parameters are not constants")
     gamma, beta, mean, var = (p.array().reshape(-1) for p in params)
+    if any(v.size not in (1, width) for v in (gamma, beta, mean, var)):
+        return Rejection(f"BatchNormalization parameters do not have {width} channels")
     eps = float(node.attrs.get("epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
     return Affine(scale=scale, shift=beta - mean * scale)

@@ -2,9 +2,8 @@
 
 ViT and MLP-Mixer MLPs are Linear blocks: folded in torch and by ``lconnx.collapse`` in ONNX.
 ConvNeXt with ``conv_mlp=True`` and timm ``ConvMlp`` are 1x1-conv blocks: found and folded in
-torch; the ONNX pass does not read a 1x1 ``Conv`` as a linear layer yet, so the exported
-graph keeps them (and still computes the same). torchvision's VGG classifier runs at its
-real width (25088 -> 4096 -> 4096 -> 10).
+torch, and in the exported ONNX graph as pointwise ``Conv`` pairs. torchvision's VGG
+classifier runs at its real width (25088 -> 4096 -> 4096 -> 10).
 """
 
 from __future__ import annotations
@@ -55,15 +54,19 @@ def test_timm_mixer_token_and_channel_blocks_fold(tmp_path):
     assert isinstance(folded.blocks[0].mlp_tokens.fc2, nn.Identity)
 
 
-def test_timm_convnext_conv_mlp_blocks_fold_in_torch(tmp_path):
+def test_timm_convnext_conv_mlp_blocks_fold_in_torch_and_onnx(tmp_path):
     report = make_collapsible(_convnext())
     assert [b.layer for b in report.blocks] == ["Conv2d 1x1"] * 4
     assert [(b.in_features, b.hidden) for b in report.blocks][-1] == (32, 128)
     folded, result = hz.collapse_end_to_end(
-        tmp_path, _convnext, PIXELS, blocks=4, onnx_blocks=0, other_inputs=OTHER
+        tmp_path, _convnext, PIXELS, blocks=4, onnx_blocks=4, other_inputs=OTHER
     )
     merged = folded.stages[3].blocks[0].mlp.fc1
     assert isinstance(merged, nn.Conv2d) and tuple(merged.weight.shape) == (32, 32, 1, 1)
+    # in ONNX each block is Conv 1x1 -> PRelu -> Conv 1x1 and becomes one Conv 1x1
+    sites = [s for s in result.report.sites if "PRelu" in s.ops]
+    assert all(s.ops[0] == "Conv" and s.ops[-1] == "Conv" for s in sites), sites
+    assert [(s.d_in, s.hidden, s.d_out) for s in sites][-1] == (32, 128, 32)
 
 
 def test_timm_conv_mlp_with_identity_before_the_activation():
