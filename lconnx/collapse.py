@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx._version import __version__
 from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.empty_note import no_site_note
 from lconnx.errors import UnsupportedModelError, UsageError, first_line
 from lconnx.fold import Names, fold_round, non_overlapping, overflow_rejection
 from lconnx.io import check_in_memory, check_proto, load_model
@@ -74,6 +75,8 @@ def collapse(
     if report.folded == 0:
         result = model  # untouched: keeps the pass idempotent byte for byte
         report.notes.extend(_quantized_note(model))
+        if not report.sites and not report.notes:  # an empty table says why it is empty
+            report.notes.append(no_site_note(graph, GraphFacts.of(graph, declared)))
     else:
         result = export_graph(graph, model, report)
         del graph  # its numpy copies of the weights are garbage now: free them before the check
