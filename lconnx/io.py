@@ -220,7 +220,7 @@ def save_model(
             f"{_shown(out)}: the name is not valid UTF-8, and ONNX stores the external data's "
             "file name (derived from it) as UTF-8; choose another name"
         )
-    old_data = _lconnx_data_of(out)
+    old_data = lconnx_data_files(out)
     with temp_folder(folder, out) as tmp_dir:
         try:
             data_name = ext.write_data(model, tmp_dir, out.name) if external else None
@@ -255,7 +255,8 @@ def temp_folder(folder: Path, target: Path) -> Iterator[Path]:
         yield path
     finally:
         if path is not None:
-            shutil.rmtree(path, ignore_errors=True)
+            with deferred_signals():  # a stop during the removal would leave half of it
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_written(tmp_model: Path, out: Path) -> None:
@@ -283,7 +284,7 @@ def _publish(tmp_dir: Path, data_name: str | None, out: Path, folder: Path) -> N
         raise OutputPathError(f"{out}: could not be put in place: {exc.strerror}") from None
 
 
-def _lconnx_data_of(out: Path) -> set[Path]:
+def lconnx_data_files(out: Path) -> set[Path]:
     """Data files the model now at OUT reads that lconnx wrote for it (so may remove)."""
     folder = out.parent.resolve()
     ours = [n for n in os.listdir(folder) if ext.is_lconnx_data_name(out.name, n)]

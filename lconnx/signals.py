@@ -2,8 +2,13 @@
 
 SIGINT already raises KeyboardInterrupt; SIGTERM and SIGHUP (a CI runner's timeout, a closed
 terminal) would kill the process mid-write and leave a temp folder as large as the model. The
-CLI turns them into :class:`Terminated`. The few renames that publish a result run with the
-signals held back (``deferred_signals``), so a stop lands before or after them, not between.
+CLI turns them into :class:`Terminated`. The few steps that must not be cut in half (creating
+a temp folder and arming its removal, the renames that publish a result, the removal itself)
+run in ``deferred_signals``: a stop that arrives there is held and raised when the block ends.
+
+The holding is done in the Python handler, not with ``pthread_sigmask``: a mask binds only the
+calling thread, and onnxruntime's and OpenBLAS's threads would still take the signal and have
+the handler run in the main thread mid-block.
 """
 
 from __future__ import annotations
@@ -27,26 +32,41 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+_holding = 0  # nesting depth of deferred_signals blocks
+_held: int | None = None  # the first stop signal that arrived while holding
+
+
+def _stop(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
+def _on_stop(signum: int, _frame: FrameType | None) -> None:
+    global _held
+    if _holding:
+        _held = signum if _held is None else _held
+        return
+    _stop(signum)
+
+
 def install_stop_handlers() -> None:
-    """SIGTERM and SIGHUP raise :class:`Terminated` (main thread only, as Python requires)."""
+    """SIGINT, SIGTERM and SIGHUP raise (main thread only, as Python requires)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop)
 
 
 @contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold the stop signals back for a few renames; they are delivered when the block ends."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Hold a stop signal for the length of the block; it is raised when the block ends."""
+    global _holding, _held
+    _holding += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _holding -= 1
+        if not _holding and _held is not None:
+            signum, _held = _held, None
+            _stop(signum)

@@ -32,7 +32,7 @@ def _saving(folder) -> bool:
     )
 
 
-def _stop_during_save(args, folder, signum):
+def _stop_during_save(args, folder, signum, delay=0.0):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lconnx", *map(str, args)],
         stdout=subprocess.DEVNULL,
@@ -42,6 +42,7 @@ def _stop_during_save(args, folder, signum):
     deadline = time.monotonic() + 120
     while proc.poll() is None and not _saving(folder) and time.monotonic() < deadline:
         time.sleep(0.0005)
+    time.sleep(delay)
     caught = proc.poll() is None
     if caught:
         proc.send_signal(signum)
@@ -49,11 +50,25 @@ def _stop_during_save(args, folder, signum):
     return proc.returncode, err, caught
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_stop_during_the_save_leaves_no_temp_files_and_a_whole_model(tmp_path, signum):
+@pytest.mark.parametrize(
+    "signum,delay",
+    [
+        (signal.SIGTERM, 0.0),
+        (signal.SIGTERM, 0.03),
+        (signal.SIGTERM, 0.08),
+        (signal.SIGHUP, 0.0),
+        (signal.SIGHUP, 0.05),
+        (signal.SIGINT, 0.0),
+        (signal.SIGINT, 0.05),
+    ],
+)
+def test_a_stop_during_the_save_leaves_no_temp_files_and_a_whole_model(tmp_path, signum, delay):
+    """The signal lands at the save's start or part-way (the delay): never a leftover."""
     src = _slow_to_save(tmp_path / "in.onnx")
     out = tmp_path / "out.onnx"
-    code, err, caught = _stop_during_save(["optimize", "--no-verify", src, out], tmp_path, signum)
+    code, err, caught = _stop_during_save(
+        ["optimize", "--no-verify", src, out], tmp_path, signum, delay
+    )
     if not caught:
         pytest.skip("the save finished before the signal could be sent")
     assert code == 128 + signum, err
