@@ -200,6 +200,17 @@ def _report_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def bench_payload(
+    result: BenchResult, plots: dict[str, str], report: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``bench --json`` writes: the result, the plots written, the collapse report."""
+    payload = result.to_dict()
+    payload["plots"] = plots
+    if report is not None:
+        payload["collapse_report"] = report
+    return payload
+
+
 def write_outputs(
     result: BenchResult,
     *,
@@ -216,10 +227,7 @@ def write_outputs(
 
         plots = write_plots(result, Path(plot_dir), report=report)
     if json_path is not None:
-        payload = result.to_dict()
-        payload["plots"] = plots
-        if report is not None:
-            payload["collapse_report"] = report
+        payload = bench_payload(result, plots, report)
         write_text_atomic(Path(json_path), json.dumps(payload, indent=2) + "\n")
     if markdown_path is not None:
         md = Path(markdown_path)

@@ -1,27 +1,25 @@
 """Command-line front end: ``lconnx optimize``, ``analyze``, ``verify`` and ``bench``.
 
 Library errors become one line on stderr and an exit code; a traceback only with ``--debug``.
-Exit codes: 0 success, 1 bad input or failure, 2 bad usage, 3 verification refused the output.
+Exit codes: 0 success, 1 bad input or failure, 2 bad usage, 3 verification refused the output,
+4 a ``--require-folded`` gate failed, 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lconnx._version import __version__
-from lconnx.errors import LconnxError, UsageError, first_line
-from lconnx.memory import release_garbage, unmap_large_frees
+from lconnx.errors import LconnxError, first_line
+from lconnx.memory import unmap_large_frees
 from lconnx.signals import Terminated, install_stop_handlers
 from lconnx.terminal import stdout
 
@@ -46,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("input", help="input .onnx model (never modified)")
     opt.add_argument("output", help="where to write the optimized model")
     _add_pass_options(opt)
-    opt.add_argument("--report", metavar="R.json", help="write the per-site report as JSON")
+    opt.add_argument(
+        "--report", metavar="R.json", help="write the run's record as JSON (as --json R.json)"
+    )
+    _add_json_option(opt, "the run's record: verdict, sites, files and sha256, timings")
+    opt.add_argument(
+        "--markdown", metavar="S.md", help="write a Markdown summary (for a pull-request comment)"
+    )
+    _add_require_option(opt)
     opt.add_argument(
         "--max-error",
         type=_non_negative,
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana = sub.add_parser("analyze", help="print what optimize would fold, and why not")
     ana.add_argument("input", help="input .onnx model")
     _add_pass_options(ana)
-    ana.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_json_option(ana, "the record: sites with their decisions, input files, verdict")
+    _add_require_option(ana)
 
     ver = sub.add_parser("verify", help="compare two models' outputs (and accuracy) in onnxruntime")
     ver.add_argument("original", help="reference .onnx model")
@@ -124,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_shape_option(ver, "random input shape")
     ver.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random inputs")
-    ver.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json_option(ver, "the comparison")
 
     ben = sub.add_parser("bench", help="time models in onnxruntime (CPU, CUDA) against the first")
     ben.add_argument("models", nargs="+", metavar="MODEL", help=".onnx models; the first is base")
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let idle onnxruntime threads spin (off: interleaved sessions would steal cores)",
     )
     ben.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random inputs")
-    ben.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
+    _add_json_option(ben, "the full result")
     ben.add_argument("--markdown", metavar="OUT.md", help="write a Markdown report")
     ben.add_argument("--plot-dir", metavar="DIR", help="write PNG plots there (needs matplotlib)")
     ben.add_argument(
@@ -163,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="a report from 'lconnx optimize --report': per-site savings in the outputs",
     )
     return parser
+
+
+def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help=f"write {what} as JSON to PATH, or to stdout with '-' or no value "
+        "(the human output then goes to stderr)",
+    )
+
+
+def _add_require_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--require-folded",
+        type=_required_folds,
+        metavar="N|all",
+        help="a CI gate: exit 4 (and write no model) unless at least N sites fold, or all",
+    )
+
+
+def _required_folds(text: str) -> str:
+    if text == "all":
+        return text
+    _non_negative_int(text)
+    return str(int(text))
 
 
 def _add_shape_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -253,11 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unmap_large_frees()
     install_stop_handlers()
+    from lconnx import commands as run
+
     commands = {
-        "optimize": _optimize,
-        "analyze": _analyze,
-        "verify": _verify,
-        "bench": _bench,
+        "optimize": run.run_optimize,
+        "analyze": run.run_analyze,
+        "verify": run.run_verify,
+        "bench": run.run_bench,
     }
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -303,260 +338,6 @@ def _out_of_memory(exc: Exception) -> bool:
         or "Arena alloc failed" in text
         or (isinstance(exc, SystemError) and "without exception set" in text)
     )
-
-
-def _console():
-    """Terminal width on a tty; a wide fixed width when piped, so logs do not wrap."""
-    from rich.console import Console
-
-    return Console(file=stdout) if stdout.isatty() else Console(file=stdout, width=160)
-
-
-def _analyze(args: argparse.Namespace) -> int:
-    from lconnx.collapse import analyze
-    from lconnx.report import render_table
-
-    report = analyze(
-        args.input, tolerance=args.tolerance, allow_growth=args.allow_growth, partial=args.partial
-    )
-    if args.json:
-        stdout.write(report.to_json() + "\n")
-    else:
-        _console().print(render_table(report, title=f"lconnx analyze {args.input}"))
-    return 0
-
-
-def _optimize(args: argparse.Namespace) -> int:
-    from lconnx.collapse import collapse
-    from lconnx.io import load_model, save_model
-    from lconnx.outputs import OutputPlan
-    from lconnx.report import render_table
-    from lconnx.verify import load_data
-
-    shapes = _shapes(args)
-    if args.data and shapes:
-        raise UsageError("--shape applies to random inputs only; --data fixes the shapes")
-    budgeted = args.max_accuracy_drop is not None or args.max_embedding_error is not None
-    if budgeted and not args.data:
-        raise UsageError("--max-accuracy-drop / --max-embedding-error need calibration --data")
-    plan = (
-        OutputPlan()
-        .read(args.input, "input model")
-        .write(args.output, "output model")
-        .write(args.report, "report")
-    )
-    plan.check()  # paths alone, before the input is even parsed
-    input_data: set[Path] = set()
-
-    def check_against_data(files: set[Path]) -> None:
-        input_data.update(files)
-        for path in sorted(files):
-            plan.read(path, "input's external data")
-        plan.check()
-
-    model, external = load_model(args.input, before_reading=check_against_data)
-    console = _console()
-    data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
-    if data is not None:
-        result = _collapse_with_budget(args, model, data, console)
-    else:
-        # checked below, on the written file, once the input's weights are freed
-        result = collapse(
-            model,
-            tolerance=args.tolerance,
-            allow_growth=args.allow_growth,
-            check=False,
-            partial=args.partial,
-        )
-    console.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
-    if result.report.budget is not None:
-        from lconnx.budget_report import render_curve
-
-        console.print(render_curve(result.report.budget))
-
-    verification = None
-    if not args.no_verify and result.report.folded:
-        verification = _check_outputs(args, model, result.model, data, shapes, console)
-
-    del model  # writing needs only the result: keep the input's weights out of the peak
-    release_garbage()
-    save_model(result.model, args.output, external=external, check=True, keep=input_data)
-    if args.report:
-        from lconnx.io import write_text_atomic
-
-        payload = result.report.to_dict()
-        if verification is not None:
-            payload["verification"] = verification.to_dict()
-        write_text_atomic(Path(args.report), json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {args.output}")
-    return 0
-
-
-def _check_outputs(
-    args: argparse.Namespace,
-    model: Any,
-    optimized: Any,
-    data: tuple[dict[str, Any], Any] | None,
-    shapes: dict[str, list[int]],
-    console: Any,
-) -> Any:
-    """``optimize``'s check: both models on the same inputs (a batch of 8 where the batch
-    dim is free, integer inputs valid for what they feed), bounds enforced, drift warned."""
-    from lconnx.errors import VerificationError
-    from lconnx.verify import (
-        DRIFT_WARNING,
-        check_bounds,
-        free_batch_shapes,
-        load_data,
-        random_inputs,
-        verify_models,
-    )
-
-    labels = None
-    if args.data:
-        feeds, labels = data if data is not None else load_data(args.data, model)
-        source = args.data
-    else:
-        full = free_batch_shapes(model, shapes)
-        feeds, source = random_inputs(model, full, seed=args.seed), f"seed {args.seed}"
-    verification = verify_models(
-        model, optimized, feeds, labels=labels, atol=args.atol, rtol=args.rtol
-    )
-    console.print(
-        f"verify (onnxruntime CPU, {source}): max abs error "
-        f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
-    )
-    if verification.labels is not None:
-        stats = verification.labels
-        console.print(
-            f"labels ({stats.samples} samples): accuracy original "
-            f"{100 * stats.accuracy_original:.2f}%, optimized "
-            f"{100 * stats.accuracy_optimized:.2f}%; top-1 agreement "
-            f"{100 * stats.agreement:.2f}%"
-        )
-    failures = check_bounds(verification, max_error=args.max_error, atol=args.atol, rtol=args.rtol)
-    if failures:
-        raise VerificationError("; ".join(failures) + "; not written")
-    if verification.max_rel > DRIFT_WARNING:
-        sys.stderr.write(
-            f"lconnx: warning: outputs changed by up to {100 * verification.max_rel:.2g}% of "
-            f"their range (tolerance {args.tolerance:g}); set --max-error, --atol/--rtol or "
-            "--tolerance to bound it\n"
-        )
-    return verification
-
-
-def _collapse_with_budget(
-    args: argparse.Namespace,
-    model: Any,
-    data: tuple[dict[str, Any], Any],
-    console: Any,
-) -> Any:
-    """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``) on the
-    already loaded ``data`` (feeds, labels), which verification then reuses."""
-    from lconnx.budget import collapse_with_budget
-    from lconnx.verify import LABELS_KEY
-
-    feeds, labels = data
-    if args.max_accuracy_drop is not None and labels is None:
-        raise LconnxError(
-            f"--max-accuracy-drop needs labels: {args.data} has no '{LABELS_KEY}' array"
-        )
-    if args.partial:
-        raise LconnxError("--partial cannot be combined with an accuracy or error budget yet")
-    return collapse_with_budget(
-        model,
-        feeds,
-        labels=labels,
-        max_accuracy_drop=args.max_accuracy_drop,
-        max_embedding_error=args.max_embedding_error,
-        tolerance=args.tolerance,
-        allow_growth=args.allow_growth,
-        check=False,
-        log=lambda line: console.print(line, highlight=False),
-    )
-
-
-def _shapes(args: argparse.Namespace) -> dict[str, list[int]]:
-    from lconnx.verify import parse_shapes
-
-    try:
-        return parse_shapes(args.shape)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from lconnx.verify import render_verify, verify
-
-    result = verify(
-        args.original,
-        args.optimized,
-        data=args.data,
-        shapes=_shapes(args),
-        seed=args.seed,
-        provider=args.provider,
-        max_error=args.max_error,
-        max_accuracy_drop=args.max_accuracy_drop,
-        label_output=args.label_output,
-    )
-    if args.json:
-        stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
-    else:
-        title = f"lconnx verify {args.original} {args.optimized}"
-        _console().print(render_verify(result, title=title))
-    result.raise_for_failures()
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from lconnx.bench import benchmark
-    from lconnx.bench_report import load_collapse_report, render_bench, write_outputs
-    from lconnx.io import external_data_paths, parse_model
-    from lconnx.outputs import OutputPlan
-
-    shapes = _shapes(args)
-    plan = OutputPlan()
-    for model in args.models:
-        plan.read(model, "benchmarked model")
-        for data in sorted(external_data_paths(parse_model(model), model)):
-            plan.read(data, "external data of a benchmarked model")
-    if args.report:
-        plan.read(args.report, "--report")
-    plan.write(args.json, "JSON output").write(args.markdown, "Markdown output")
-    plan.write(args.plot_dir, "plot folder", folder=True)
-    plan.check()
-    report = load_collapse_report(args.report) if args.report else None
-    if args.plot_dir:
-        from lconnx.plots import require_matplotlib
-
-        require_matplotlib()
-    result = benchmark(
-        args.models,
-        providers=args.provider,
-        batches=args.batch,
-        shapes=shapes,
-        threads=args.threads,
-        repeat=args.repeat,
-        warmup=args.warmup,
-        opt_level=args.opt_level,
-        spinning=args.spin,
-        seed=args.seed,
-        progress=True,
-    )
-    console = _console()
-    console.print(render_bench(result))
-    plots = write_outputs(
-        result,
-        json_path=args.json,
-        markdown_path=args.markdown,
-        plot_dir=args.plot_dir,
-        report=report,
-    )
-    for written in [args.json, args.markdown, *plots.values()]:
-        if written:
-            console.print(f"wrote {written}")
-    return 0
 
 
 if __name__ == "__main__":

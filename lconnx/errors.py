@@ -31,6 +31,12 @@ class VerificationError(LconnxError):
     exit_code = 3
 
 
+class RequirementError(LconnxError):
+    """A gate the user set (``--require-folded``) is not met: fewer sites folded."""
+
+    exit_code = 4
+
+
 class MissingDependencyError(LconnxError):
     """An optional dependency (onnxruntime) is needed for this operation."""
 

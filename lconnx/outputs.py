@@ -47,6 +47,16 @@ class OutputPlan:
             self.writes.append(Target(Path(path), role, folder))
         return self
 
+    def reading_data_of_input(self, files: set[Path]) -> None:
+        """``load_model``'s ``before_reading`` hook: add the input's data files, check again."""
+        for path in sorted(files):
+            self.read(path, "input's external data")
+        self.check()
+
+    @property
+    def input_data(self) -> set[Path]:
+        return {path for path, role in self.reads if role == "input's external data"}
+
     def check(self) -> None:
         """Raise OutputPathError for the first unsafe target; write nothing."""
         read_ids = [(path, role, _identity(path)) for path, role in self.reads]

@@ -1,0 +1,47 @@
+"""``lconnx analyze``: what ``optimize`` would fold, and why not, without writing a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from lconnx.commands.common import check_required_folds, console, emit_json, json_file
+from lconnx.errors import LconnxError
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from lconnx.collapse import analyze
+    from lconnx.io import load_model
+    from lconnx.outputs import OutputPlan
+    from lconnx.report import render_table
+    from lconnx.run_record import Timings, model_files, record
+
+    plan = OutputPlan().read(args.input, "input model").write(json_file(args.json), "JSON output")
+    plan.check()
+    timings = Timings()
+    with timings.phase("load"):
+        model, _ = load_model(args.input, before_reading=plan.reading_data_of_input)
+    with timings.phase("pass"):
+        report = analyze(
+            model, tolerance=args.tolerance, allow_growth=args.allow_growth, partial=args.partial
+        )
+    console(args.json).print(render_table(report, title=f"lconnx analyze {args.input}"))
+    verdict, code, failure = "analyzed", 0, None
+    try:
+        check_required_folds(args.require_folded, report.folded, len(report.sites))
+    except LconnxError as exc:
+        verdict, code, failure = f"refused: {exc}", exc.exit_code, exc
+    if args.json is not None:
+        payload = record(
+            "analyze",
+            report.to_dict(),
+            verdict=verdict,
+            exit_code=code,
+            input_files=model_files(args.input),
+            output_files=None,
+            timings=timings,
+            settings={"require_folded": args.require_folded},
+        )
+        emit_json(args.json, payload)
+    if failure is not None:
+        raise failure
+    return 0

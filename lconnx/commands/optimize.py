@@ -1,0 +1,239 @@
+"""``lconnx optimize``: load, fold, check against the original, write; and say what happened,
+for a person (the table and summary) and for a pipeline (``--report`` / ``--json``, with
+sha256 of every file, timings and the verdict; ``--markdown`` for a pull-request comment)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lconnx.commands.common import (
+    check_required_folds,
+    console,
+    emit_json,
+    json_file,
+    shapes,
+)
+from lconnx.errors import LconnxError, UsageError
+from lconnx.memory import release_garbage
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from lconnx.collapse import collapse
+    from lconnx.io import lconnx_data_files, load_model, save_model
+    from lconnx.outputs import OutputPlan
+    from lconnx.report import render_table
+    from lconnx.run_record import Timings, files_bytes, model_files
+    from lconnx.verify import load_data
+
+    given_shapes = shapes(args)
+    if args.data and given_shapes:
+        raise UsageError("--shape applies to random inputs only; --data fixes the shapes")
+    budgeted = args.max_accuracy_drop is not None or args.max_embedding_error is not None
+    if budgeted and not args.data:
+        raise UsageError("--max-accuracy-drop / --max-embedding-error need calibration --data")
+    plan = (
+        OutputPlan()
+        .read(args.input, "input model")
+        .write(args.output, "output model")
+        .write(args.report, "report")
+        .write(json_file(args.json), "JSON output")
+        .write(args.markdown, "Markdown summary")
+    )
+    plan.check()  # paths alone, before the input is even parsed
+    recording = bool(args.report or args.json or args.markdown)
+    timings = Timings()
+    input_files = model_files(args.input) if recording else None
+    with timings.phase("load"):
+        model, external = load_model(args.input, before_reading=plan.reading_data_of_input)
+    out = console(args.json)
+    data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
+    with timings.phase("pass"):
+        if data is not None:
+            result = _collapse_with_budget(args, model, data, out)
+        else:
+            # checked below, on the written file, once the input's weights are freed
+            result = collapse(
+                model,
+                tolerance=args.tolerance,
+                allow_growth=args.allow_growth,
+                check=False,
+                partial=args.partial,
+            )
+    out.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
+    if result.report.budget is not None:
+        from lconnx.budget_report import render_curve
+
+        out.print(render_curve(result.report.budget))
+
+    verification, failure = None, None
+    try:
+        if not args.no_verify and result.report.folded:
+            with timings.phase("verify"):
+                verification = _compare(args, model, result.model, data, given_shapes, out)
+            _enforce_bounds(args, verification)
+        check_required_folds(args.require_folded, result.report.folded, len(result.report.sites))
+    except LconnxError as exc:  # a refusal: no model, but the record says why
+        failure = exc
+    ops_before = Counter(n.op_type for n in model.graph.node)
+    if failure is None:
+        del model  # writing needs only the result: keep the input's weights out of the peak
+        release_garbage()
+        with timings.phase("save"):
+            save_model(
+                result.model, args.output, external=external, check=True, keep=plan.input_data
+            )
+    output_files = model_files(args.output) if recording and failure is None else None
+    if recording:
+        _write_records(args, result, verification, failure, input_files, output_files, timings)
+    if failure is not None:
+        raise failure
+    ops_after = Counter(n.op_type for n in result.model.graph.node)
+    sizes = (
+        files_bytes([Path(args.input), *plan.input_data]),
+        files_bytes([Path(args.output), *lconnx_data_files(Path(args.output))]),
+    )
+    out.print(_summary(ops_before, ops_after, sizes, args.output))
+    return 0
+
+
+def _write_records(
+    args: argparse.Namespace,
+    result: Any,
+    verification: Any,
+    failure: LconnxError | None,
+    input_files: dict[str, Any] | None,
+    output_files: dict[str, Any] | None,
+    timings: Any,
+) -> None:
+    from lconnx.io import write_text_atomic
+    from lconnx.run_record import record
+    from lconnx.summary_markdown import optimize_markdown
+
+    payload = record(
+        "optimize",
+        result.report.to_dict(),
+        verdict="written" if failure is None else f"refused: {failure}",
+        exit_code=0 if failure is None else failure.exit_code,
+        input_files=input_files,
+        output_files=output_files,
+        timings=timings,
+        verification=None if verification is None else verification.to_dict(),
+        settings={
+            "tolerance": args.tolerance,
+            "allow_growth": args.allow_growth,
+            "partial": args.partial,
+            "verify": not args.no_verify,
+            "max_error": args.max_error,
+            "atol": args.atol,
+            "rtol": args.rtol,
+            "seed": args.seed,
+            "data": args.data,
+            "require_folded": args.require_folded,
+        },
+    )
+    for target in (args.report, args.json):
+        emit_json(target, payload)
+    if args.markdown:
+        write_text_atomic(Path(args.markdown), optimize_markdown(payload))
+
+
+def _summary(before: Counter[str], after: Counter[str], sizes: tuple[int, int], output: str) -> str:
+    """One line a person reads last: node and op-count changes, file sizes, where it went."""
+    changes = sorted(set(before) | set(after))
+    deltas = [f"{op} {after[op] - before[op]:+d}" for op in changes if after[op] != before[op]]
+    nodes = f"nodes {sum(before.values()):,} → {sum(after.values()):,}"
+    if deltas:
+        nodes += f" ({', '.join(deltas)})"
+    return f"wrote {output}: {nodes}; size {_mb(sizes[0])} → {_mb(sizes[1])}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def _compare(
+    args: argparse.Namespace,
+    model: Any,
+    optimized: Any,
+    data: tuple[dict[str, Any], Any] | None,
+    given_shapes: dict[str, list[int]],
+    out: Any,
+) -> Any:
+    """``optimize``'s check: both models on the same inputs (a batch of 8 where the batch
+    dim is free, integer inputs valid for what they feed); the figures are printed."""
+    from lconnx.verify import free_batch_shapes, load_data, random_inputs, verify_models
+
+    labels = None
+    if args.data:
+        feeds, labels = data if data is not None else load_data(args.data, model)
+        source = args.data
+    else:
+        full = free_batch_shapes(model, given_shapes)
+        feeds, source = random_inputs(model, full, seed=args.seed), f"seed {args.seed}"
+    verification = verify_models(
+        model, optimized, feeds, labels=labels, atol=args.atol, rtol=args.rtol
+    )
+    out.print(
+        f"verify (onnxruntime CPU, {source}): max abs error "
+        f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
+    )
+    if verification.labels is not None:
+        stats = verification.labels
+        out.print(
+            f"labels ({stats.samples} samples): accuracy original "
+            f"{100 * stats.accuracy_original:.2f}%, optimized "
+            f"{100 * stats.accuracy_optimized:.2f}%; top-1 agreement "
+            f"{100 * stats.agreement:.2f}%"
+        )
+    return verification
+
+
+def _enforce_bounds(args: argparse.Namespace, verification: Any) -> None:
+    """VerificationError (exit 3) for a broken bound; a warning for drift nobody bounded."""
+    from lconnx.errors import VerificationError
+    from lconnx.verify import DRIFT_WARNING, check_bounds
+
+    failures = check_bounds(verification, max_error=args.max_error, atol=args.atol, rtol=args.rtol)
+    if failures:
+        raise VerificationError("; ".join(failures) + "; not written")
+    if verification.max_rel > DRIFT_WARNING:
+        sys.stderr.write(
+            f"lconnx: warning: outputs changed by up to {100 * verification.max_rel:.2g}% of "
+            f"their range (tolerance {args.tolerance:g}); set --max-error, --atol/--rtol or "
+            "--tolerance to bound it\n"
+        )
+
+
+def _collapse_with_budget(
+    args: argparse.Namespace,
+    model: Any,
+    data: tuple[dict[str, Any], Any],
+    out: Any,
+) -> Any:
+    """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``) on the
+    already loaded ``data`` (feeds, labels), which verification then reuses."""
+    from lconnx.budget import collapse_with_budget
+    from lconnx.verify import LABELS_KEY
+
+    feeds, labels = data
+    if args.max_accuracy_drop is not None and labels is None:
+        raise LconnxError(
+            f"--max-accuracy-drop needs labels: {args.data} has no '{LABELS_KEY}' array"
+        )
+    if args.partial:
+        raise LconnxError("--partial cannot be combined with an accuracy or error budget yet")
+    return collapse_with_budget(
+        model,
+        feeds,
+        labels=labels,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_embedding_error=args.max_embedding_error,
+        tolerance=args.tolerance,
+        allow_growth=args.allow_growth,
+        check=False,
+        log=lambda line: out.print(line, highlight=False),
+    )
