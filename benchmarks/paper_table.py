@@ -1,7 +1,8 @@
 """The LayerCollapse paper's table (arXiv 2311.17943), measured here on real data through lconnx.
 
     python benchmarks/paper_table.py [--out benchmarks/results] [--epochs 3] [--finetune-epochs 2]
-                                     [--train-size 10000] [--rows vgg mixer vit minilm] [--quick]
+                                     [--train-size 10000] [--rows vgg mixer vit minilm gpt2]
+                                     [--quick]
 
 Every row goes through lconnx's own pipeline: train in PyTorch (``models/recipe.py``), make the
 chosen MLP blocks collapsible and pull their PReLU slopes to 1 with
@@ -13,7 +14,10 @@ held-out accuracy of the original and of the collapsed model, parameters, FLOPs 
 
 Rows: VGG-style CNN on Fashion-MNIST (head collapsed), MLP-Mixer and ViT on Fashion-MNIST (last
 k blocks' MLPs collapsed, k = 0..depth) and the pretrained all-MiniLM-L6-v2 fine-tuned on VADER
-word polarity (top k FFN blocks). Each row has the same budget for every variant:
+word polarity (top k FFN blocks). The text-generation row (``gpt2``: a GPT-2-architecture model
+on Debian's ``fortunes`` corpus, perplexity and characters/s) is ``benchmarks/text_generation.py``,
+run from here with its own budget and written beside the table. Each image / MiniLM row has the
+same budget for every variant:
 
 * phase 1: ``--epochs`` epochs of plain training (AdamW, no weight decay) from the seeded
   initialisation (MiniLM: from the pretrained encoder) — the shared starting checkpoint;
@@ -57,6 +61,7 @@ from torch.nn.utils import prune
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))  # text_generation.py beside this file
 
 import lconnx  # noqa: E402
 from lconnx.bench import benchmark, machine_info  # noqa: E402
@@ -985,6 +990,13 @@ def to_markdown(result: dict[str, Any]) -> str:
             for v in lc
         ]
         lines += ["", *[f"- {n}" for n in notes]]
+    text = result.get("text_generation")
+    if text is not None:
+        lines += ["", "## Text generation (GPT-2 architecture)", ""]
+        if "skipped" in text:
+            lines.append(f"Not run — {text['skipped']}")
+        else:  # text_generation.md without its title
+            lines += text["markdown"].split("\n", 2)[2].rstrip("\n").split("\n")
     return "\n".join(lines) + "\n"
 
 
@@ -1018,6 +1030,23 @@ def make_task(key: str, settings: Settings, fashion: Dataset | None) -> Task:
     return ImageTask(key, fashion, settings)
 
 
+def _text_generation(settings: Settings, out: Path) -> dict[str, Any]:
+    """The text-generation row: ``benchmarks/text_generation.py`` with its own step budget
+    (``--quick`` maps to its quick settings), its JSON / Markdown written to ``out``."""
+    import text_generation as tg
+
+    tg_settings = tg.Settings(threads=settings.threads, seed=settings.seed)
+    if settings.quick:
+        tg_settings = tg.quick_settings(tg_settings)
+    log("gpt2", "GPT-2 architecture · fortunes corpus (benchmarks/text_generation.py)")
+    try:
+        result = tg.run(tg_settings, out)
+    except tg.CorpusUnavailable as exc:
+        log("gpt2", f"skipped: {exc}")
+        return {"skipped": str(exc)}
+    return {"markdown": tg.to_markdown(result), "variants": result["variants"]}
+
+
 def run(settings: Settings, rows: list[str], out: Path, keep: Path | None = None) -> dict:
     """Run the rows and write ``out/paper_table.{json,md}``; returns the JSON data."""
     out.mkdir(parents=True, exist_ok=True)
@@ -1026,11 +1055,15 @@ def run(settings: Settings, rows: list[str], out: Path, keep: Path | None = None
     machine = machine_info()
     fashion: Dataset | None = None
     results = []
+    text_generation: dict[str, Any] | None = None
     work = Path(tempfile.mkdtemp(prefix="paper_table_")) if keep is None else keep
     work.mkdir(parents=True, exist_ok=True)
     try:
         torch.set_num_threads(settings.threads)
         for key in rows:
+            if key == "gpt2":
+                text_generation = _text_generation(settings, out)
+                continue
             try:
                 if key != "minilm" and fashion is None:
                     fashion = load_fashion_mnist().subset(
@@ -1059,6 +1092,8 @@ def run(settings: Settings, rows: list[str], out: Path, keep: Path | None = None
         f"torch {torch.__version__}, onnxruntime {machine.get('onnxruntime')}",
         "rows": results,
     }
+    if text_generation is not None:
+        result["text_generation"] = text_generation
     (out / "paper_table.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "paper_table.md").write_text(to_markdown(result))
     return result
@@ -1070,8 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows",
         nargs="+",
-        default=["vgg", "mixer", "vit", "minilm"],
-        choices=["vgg", "mixer", "vit", "minilm"],
+        default=["vgg", "mixer", "vit", "minilm", "gpt2"],
+        choices=["vgg", "mixer", "vit", "minilm", "gpt2"],
     )
     parser.add_argument("--epochs", type=int, help="phase-1 epochs (default 3)")
     parser.add_argument("--finetune-epochs", type=int, help="phase-2 epochs (default 2)")
