@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 # torch is pinned to the CPU build that installs from this machine's disk (no multi-GB download).
-INSTALL := -e '.[cpu,train,dev,hf]' 'torch==2.13.0'
+INSTALL := -e '.[cpu,train,dev,hf,olive]' 'torch==2.13.0'
 
 .PHONY: demo test lint paper-table datasets
 

@@ -1,0 +1,1 @@
+"""Adapters for the pipeline tools people already run; each imports its tool only when used."""
