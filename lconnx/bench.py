@@ -39,9 +39,9 @@ import onnx
 from lconnx._version import __version__
 from lconnx.errors import LconnxError, UsageError
 from lconnx.flops import FlopCount, count_flops
+from lconnx.providers import full_name
 from lconnx.verify import (
     OPT_LEVELS,
-    PROVIDERS,
     import_onnxruntime,
     input_shapes,
     input_specs,
@@ -258,6 +258,48 @@ class _Entry:
     info: ModelInfo
 
 
+#: onnxruntime's GraphOptimizationLevel values, as Olive's ``session_options`` writes them.
+_LEVEL_VALUES = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
+
+
+def deployable_settings(
+    providers: Sequence[str], opt_level: str, threads: int | None, spinning: bool | None
+) -> dict[str, Any]:
+    """The timed sessions' settings in the forms a deployment reuses: onnxruntime's
+    ``SessionOptions`` attribute names (set each with ``setattr``, config entries with
+    ``add_session_config_entry``) and Olive's ``inference_settings``."""
+    options: dict[str, Any] = {"graph_optimization_level": OPT_LEVELS[opt_level]}
+    config: dict[str, str] = {}
+    if threads is not None:
+        options |= {
+            "intra_op_num_threads": threads,
+            "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL",
+        }
+    if spinning is not None:
+        config["session.intra_op.allow_spinning"] = str(int(spinning))
+    names = [full_name(p) for p in providers]
+    olive_options = {
+        k: v for k, v in options.items() if k not in ("graph_optimization_level", "execution_mode")
+    }
+    olive_options["graph_optimization_level"] = _LEVEL_VALUES[opt_level]
+    if "execution_mode" in options:
+        olive_options["execution_mode"] = 0  # ORT_SEQUENTIAL
+    if config:
+        olive_options["extra_session_config"] = config
+    return {
+        "onnxruntime": {
+            "providers": names,
+            "session_options": options,
+            "session_config_entries": config,
+        },
+        "olive_inference_settings": {
+            "execution_provider": names,
+            "session_options": olive_options,
+        },
+    }
+
+
 def _load(model: ModelLike, name: str) -> _Entry:
     from lconnx.collapse import parameter_count
     from lconnx.io import PROTO_LIMIT_BYTES, external_data_files, load_model, model_data_bytes
@@ -389,16 +431,19 @@ class _NoProgress:
 
 
 def expand_providers(providers: str | Sequence[str]) -> list[str]:
-    """``"all"`` → every provider lconnx knows; unknown names are refused."""
+    """Short provider names, in order; ``"all"`` → CPU, CUDA and every other compute provider
+    this onnxruntime lists (those that cannot run here are reported, not timed)."""
+    from lconnx.providers import available_here, short_name
+
     if isinstance(providers, str):
         providers = [providers]
     out: list[str] = []
     for p in providers:
-        for q in PROVIDERS if p == "all" else [p]:
-            if q not in PROVIDERS:
-                raise LconnxError(f"unknown provider '{q}': choose cpu, cuda or all")
-            if q not in out:
-                out.append(q)
+        if p == "all":
+            names = ["cpu", "cuda", *available_here(import_onnxruntime())]
+        else:
+            names = [short_name(p)]
+        out += [q for q in names if q not in out]
     return out
 
 
@@ -473,6 +518,7 @@ def benchmark(
             "batches": [g[2] for g in groups],
             "shapes": shapes or {},
             "seed": seed,
+            **deployable_settings(provider_list, opt_level, threads, spinning),
         },
         machine=machine_info(),
     )

@@ -113,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D.npz",
         help="named input arrays, plus an optional 'labels' array of class indices",
     )
-    ver.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ver.add_argument(
+        "--provider",
+        type=_provider,
+        default="cpu",
+        metavar="EP",
+        help="onnxruntime execution provider: cpu, cuda, tensorrt, openvino, coreml, dml, … "
+        "or a full name such as CUDAExecutionProvider (default cpu)",
+    )
     ver.add_argument(
         "--max-error", type=_non_negative, metavar="E", help="fail if any max abs error exceeds E"
     )
@@ -134,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ben = sub.add_parser("bench", help="time models in onnxruntime (CPU, CUDA) against the first")
     ben.add_argument("models", nargs="+", metavar="MODEL", help=".onnx models; the first is base")
-    ben.add_argument("--provider", choices=["cpu", "cuda", "all"], default="cpu")
+    ben.add_argument(
+        "--provider",
+        type=_provider_or_all,
+        action="append",
+        metavar="EP",
+        help="execution provider(s) to time on, repeatable: cpu (default), cuda, tensorrt, "
+        "openvino, …, or all (every one this onnxruntime has; unavailable ones are reported)",
+    )
     ben.add_argument(
         "--batch",
         type=_positive,
@@ -251,6 +265,19 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
         help="also split blocks whose per-unit slopes are only partly ≈1 into a direct "
         "linear path plus a narrower MLP, where cheaper",
     )
+
+
+def _provider(text: str) -> str:
+    from lconnx.providers import short_name
+
+    try:
+        return short_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _provider_or_all(text: str) -> str:
+    return text if text == "all" else _provider(text)
 
 
 def _non_negative(text: str) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from lconnx.errors import (
     first_line,
 )
 from lconnx.io import PROTO_LIMIT_BYTES, model_data_bytes, save_model
+from lconnx.providers import session_providers
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 INSTALL_HINT = "pip install 'lconnx[cpu]' (or 'lconnx[gpu]' for CUDA)"
 #: Key of the optional class-index array in a ``--data`` archive.
 LABELS_KEY = "labels"
@@ -63,56 +62,10 @@ def import_onnxruntime() -> Any:
 
 
 def provider_unavailable(provider: str) -> str | None:
-    """Why ``provider`` cannot run here, or None when it can.
+    """Why ``provider`` (a short or full onnxruntime name) cannot run here, or None."""
+    from lconnx.providers import unavailable_reason
 
-    For CUDA this needs onnxruntime-gpu *and* a working GPU: onnxruntime-gpu lists
-    CUDAExecutionProvider even on a machine without one, so a tiny session is built to check
-    that the provider really initialises.
-    """
-    if provider not in PROVIDERS:
-        return f"unknown provider '{provider}': choose one of {', '.join(PROVIDERS)}"
-    ort = import_onnxruntime()
-    name = PROVIDERS[provider]
-    if name not in ort.get_available_providers():
-        if provider == "cuda":
-            return (
-                f"CUDA unavailable: onnxruntime {ort.__version__} here has no {name} "
-                "(install onnxruntime-gpu: pip install 'lconnx[gpu]', on a machine with an "
-                "NVIDIA GPU)"
-            )
-        return f"onnxruntime {ort.__version__} here has no {name}"
-    if provider == "cuda":
-        return _cuda_probe(ort)
-    return None
-
-
-def _cuda_probe(ort: Any) -> str | None:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    probe.ir_version = 8
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        with warnings.catch_warnings():  # "not in available provider names": handled below
-            warnings.simplefilter("ignore")
-            session = ort.InferenceSession(
-                probe.SerializeToString(), options, providers=[PROVIDERS["cuda"]]
-            )
-    except Exception as exc:  # onnxruntime raises untyped errors
-        return f"CUDA unavailable: CUDAExecutionProvider failed: {first_line(exc)}"
-    if PROVIDERS["cuda"] not in session.get_providers():
-        return (
-            "CUDA unavailable: CUDAExecutionProvider did not initialise (no NVIDIA GPU, or the "
-            "CUDA / cuDNN libraries onnxruntime-gpu needs are missing)"
-        )
-    return None
+    return unavailable_reason(import_onnxruntime(), provider)
 
 
 def make_session(
@@ -149,9 +102,7 @@ def make_session(
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if spinning is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
-    providers: list[Any] = [PROVIDERS[provider]]
-    if provider == "cuda":
-        providers = [(PROVIDERS["cuda"], {"device_id": 0}), PROVIDERS["cpu"]]
+    providers = session_providers(provider)
     with tempfile.TemporaryDirectory() as tmp:
         source: str | bytes
         if isinstance(model, onnx.ModelProto):

@@ -121,3 +121,32 @@ def test_the_summary_line_counts_ops_and_bytes(tmp_path, ext_model):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith(f"wrote {tmp_path / 'o.onnx'}: nodes 11 → ")
     assert "PRelu -2" in last and "MB →" in last
+
+
+def test_bench_records_settings_a_deployment_can_reuse(tmp_path, ext_model):
+    """The timed sessions' options, rebuilt from the JSON into onnxruntime's own object."""
+    import onnxruntime as ort
+
+    proc = lconnx(
+        "bench", ext_model, "--repeat", "2", "--warmup", "0", "--threads", "1", "--json", "-"
+    )
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)["settings"]
+    recorded = settings["onnxruntime"]
+    options = ort.SessionOptions()
+    for name, value in recorded["session_options"].items():
+        if name in ("graph_optimization_level", "execution_mode"):
+            enum = ort.GraphOptimizationLevel if name.startswith("graph") else ort.ExecutionMode
+            value = getattr(enum, value)
+        setattr(options, name, value)
+    for key, value in recorded["session_config_entries"].items():
+        options.add_session_config_entry(key, value)
+    assert options.intra_op_num_threads == 1
+    session = ort.InferenceSession(str(ext_model), options, providers=recorded["providers"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    olive = settings["olive_inference_settings"]
+    assert olive["execution_provider"] == ["CPUExecutionProvider"]
+    assert olive["session_options"]["graph_optimization_level"] == 99
+    assert olive["session_options"]["extra_session_config"] == {
+        "session.intra_op.allow_spinning": "0"
+    }

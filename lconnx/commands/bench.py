@@ -31,7 +31,7 @@ def run_bench(args: argparse.Namespace) -> int:
         require_matplotlib()
     result = benchmark(
         args.models,
-        providers=args.provider,
+        providers=args.provider or ["cpu"],
         batches=args.batch,
         shapes=given_shapes,
         threads=args.threads,
