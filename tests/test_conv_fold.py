@@ -339,3 +339,11 @@ def test_random_conv_chains_fold_exactly(seed):
     assert _ops(result.model) == ["Conv"]
     feeds = _feeds(rank, d=d, batch=2)
     np.testing.assert_allclose(run(result.model, feeds)[0], run(m, feeds)[0], atol=5e-5, rtol=1e-4)
+
+
+def test_partial_collapse_leaves_conv_sites_to_the_whole_block_rule():
+    """The partial pass emits last-axis linears only: a conv site beyond tolerance stays."""
+    m = conv_mlp(slope=0.5)
+    result = lconnx.collapse(m, partial=True)
+    assert _reasons(result.report) == ["slope 0.5 beyond tolerance 0.05"]
+    assert _ops(result.model) == ["Conv", "PRelu", "Conv"]
