@@ -9,6 +9,7 @@ decision for each junction.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,11 +50,13 @@ def collapse(
     allow_growth: bool = False,
     check: bool = True,
     partial: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> CollapseResult:
     """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified.
 
     ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
-    a direct linear path plus a narrower MLP (``lconnx.partial``), where that is cheaper."""
+    a direct linear path plus a narrower MLP (``lconnx.partial``), where that is cheaper.
+    ``progress`` hears a line per fold round (what the CLI's spinner shows)."""
     if tolerance < 0 or not np.isfinite(tolerance):
         raise UsageError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
     external = False
@@ -68,7 +71,9 @@ def collapse(
     graph = import_graph(model)
     sites: dict[tuple[str, str], Site] = {}
     declared = {vi.name for vi in model.graph.input}
-    _collapse_graph(graph, declared, Names.of(graph), tolerance, allow_growth, sites, partial)
+    _collapse_graph(
+        graph, declared, Names.of(graph), tolerance, allow_growth, sites, partial, progress
+    )
     report.sites = list(sites.values())
 
     checked = True
@@ -100,10 +105,16 @@ def analyze(
     tolerance: float = DEFAULT_TOLERANCE,
     allow_growth: bool = False,
     partial: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """The decisions ``collapse`` would take, without producing a model to save."""
     return collapse(
-        model, tolerance=tolerance, allow_growth=allow_growth, check=False, partial=partial
+        model,
+        tolerance=tolerance,
+        allow_growth=allow_growth,
+        check=False,
+        partial=partial,
+        progress=progress,
     ).report
 
 
@@ -141,6 +152,7 @@ def _collapse_graph(
     allow_growth: bool,
     sites: dict[tuple[str, str], Site],
     partial: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
     """Fold ``graph`` and, first, every If / Loop / Scan body inside it, with the same rules."""
     for node in graph.nodes:
@@ -150,7 +162,7 @@ def _collapse_graph(
             inputs = {t.name for t in sub.inputs} | declared_inputs
             _collapse_graph(sub, inputs, names, tolerance, allow_growth, sites, partial)
     facts = GraphFacts.of(graph, declared_inputs)
-    _run_rounds(graph, facts, names, tolerance, allow_growth, sites)
+    _run_rounds(graph, facts, names, tolerance, allow_growth, sites, progress)
     if partial:  # after the whole-block folds: it only takes the sites they left
         collapse_partially(graph, facts, names, tolerance, sites)
 
@@ -162,9 +174,10 @@ def _run_rounds(
     tolerance: float,
     allow_growth: bool,
     sites: dict[tuple[str, str], Site],
+    progress: Callable[[str], None] | None = None,
 ) -> None:
     protected = facts.outputs | facts.subgraph_refs
-    for _ in range(MAX_ROUNDS):
+    for round_number in range(1, MAX_ROUNDS + 1):
         linears = index_linears(graph, facts, convs=True)
         chains = find_chains(linears, facts, tolerance, allow_growth)
         for chain in chains:
@@ -179,6 +192,8 @@ def _run_rounds(
             break
         for chain in batch:
             sites[chain.key] = site_of(chain, folded=True)
+        if progress is not None:
+            progress(f"folding: round {round_number}, {len(batch)} site(s)")
         fold_round(graph, batch, names, protected)
 
 

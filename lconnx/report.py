@@ -107,41 +107,74 @@ class Report:
 MAX_TABLE_ROWS = 200
 
 
+#: The site table is laid out to keep every key number whole within this many columns.
+TABLE_WIDTH = 100
+TEXT_COLUMNS = ("first node", "chain")
+
+
+def compact(n: int) -> str:
+    """``2359296`` → ``2.36M``: three significant digits, so a column stays narrow."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
 def render_table(report: Report, title: str = "lconnx", max_rows: int = MAX_TABLE_ROWS) -> Any:
     """A rich renderable: one row per site (the first ``max_rows``), then each skipped site's
     reason on its own line (reasons are long; a table column would wrap them unreadably)."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title)
-    for col in (
+    rows = []
+    for i, site in enumerate(report.sites[:max_rows], 1):
+        dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.2g}"
+        after_w = compact(site.weights_after) if site.weights_after else "-"
+        after_f = compact(site.flops_after) if site.flops_after else "-"
+        rows.append(
+            (
+                str(i),
+                site.nodes[0] or f"({site.ops[0]})",
+                "·".join(site.ops),
+                f"{site.d_in}→{site.hidden}→{site.d_out}",
+                dev,
+                site.decision,
+                f"{compact(site.weights_before)}→{after_w}",
+                f"{compact(site.flops_before)}→{after_f}",
+            )
+        )
+    # names and op chains give way (ellipsis); the key numbers keep their full width, so the
+    # table holds them within 100 columns
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    headers = (
         "#",
         "first node",
         "chain",
         "in→hidden→out",
-        "max|a−1|",
+        "|a−1|",
         "decision",
         "weights",
         "FLOPs/row",
-    ):
-        table.add_column(col, justify="left" if col in ("first node", "chain") else "right")
+    )
+    widths = [
+        max([len(header), *(len(row[col]) for row in rows)]) for col, header in enumerate(headers)
+    ]
+    numbers = sum(w for h, w in zip(headers, widths, strict=True) if h not in TEXT_COLUMNS)
+    room = max(16, TABLE_WIDTH - numbers - 3 * len(headers))  # padding 1 + divider + 1
+    name_width = max(8, min(widths[1], room * 3 // 5))
+    text_widths = {"first node": name_width, "chain": max(8, room - name_width)}
+    for header, width in zip(headers, widths, strict=True):
+        if header in TEXT_COLUMNS:
+            limit = min(width, text_widths[header])
+            table.add_column(header, overflow="ellipsis", no_wrap=True, max_width=limit)
+        else:
+            table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    styles = {"partially folded": "cyan", "folded": "green", "skipped": "yellow"}
     reasons = []
-    for i, site in enumerate(report.sites[:max_rows], 1):
-        dev = "-" if site.slope_deviation is None else f"{site.slope_deviation:.3g}"
-        style = "cyan" if site.partial else "green" if site.folded else "yellow"
-        after_w = f"{site.weights_after:,}" if site.weights_after else "-"
-        after_f = f"{site.flops_after:,}" if site.flops_after else "-"
-        table.add_row(
-            str(i),
-            site.nodes[0] or f"({site.ops[0]})",
-            "·".join(site.ops),
-            f"{site.d_in}→{site.hidden}→{site.d_out}",
-            dev,
-            Text(site.decision, style=style),
-            f"{site.weights_before:,}→{after_w}",
-            f"{site.flops_before:,}→{after_f}",
-        )
+    for i, (site, row) in enumerate(zip(report.sites, rows, strict=False), 1):
+        table.add_row(*row[:5], Text(row[5], style=styles[site.decision]), *row[6:])
         if site.partial:
             reasons.append(Text(f"  #{i} {site.reason}", style="cyan"))
         elif not site.folded:

@@ -6,6 +6,7 @@ import argparse
 
 from lconnx.commands.common import check_required_folds, console, emit_json, json_file
 from lconnx.errors import LconnxError
+from lconnx.progress import PhaseProgress
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -17,12 +18,16 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     plan = OutputPlan().read(args.input, "input model").write(json_file(args.json), "JSON output")
     plan.check()
-    timings = Timings()
-    with timings.phase("load"):
+    timings, progress = Timings(), PhaseProgress()
+    with timings.phase("load"), progress.phase(f"loading {args.input}"):
         model, _ = load_model(args.input, before_reading=plan.reading_data_of_input)
-    with timings.phase("pass"):
+    with timings.phase("pass"), progress.phase("finding sites"):
         report = analyze(
-            model, tolerance=args.tolerance, allow_growth=args.allow_growth, partial=args.partial
+            model,
+            tolerance=args.tolerance,
+            allow_growth=args.allow_growth,
+            partial=args.partial,
+            progress=progress.update,
         )
     console(args.json).print(render_table(report, title=f"lconnx analyze {args.input}"))
     verdict, code, failure = "analyzed", 0, None

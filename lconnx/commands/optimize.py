@@ -19,6 +19,7 @@ from lconnx.commands.common import (
 )
 from lconnx.errors import LconnxError, UsageError
 from lconnx.memory import release_garbage
+from lconnx.progress import PhaseProgress
 
 
 def run_optimize(args: argparse.Namespace) -> int:
@@ -45,13 +46,17 @@ def run_optimize(args: argparse.Namespace) -> int:
     )
     plan.check()  # paths alone, before the input is even parsed
     recording = bool(args.report or args.json or args.markdown)
-    timings = Timings()
-    input_files = model_files(args.input) if recording else None
-    with timings.phase("load"):
+    timings, progress = Timings(), PhaseProgress()
+    if recording:
+        with progress.phase("hashing the input"):
+            input_files = model_files(args.input)
+    else:
+        input_files = None
+    with timings.phase("load"), progress.phase(f"loading {args.input}"):
         model, external = load_model(args.input, before_reading=plan.reading_data_of_input)
     out = console(args.json)
     data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
-    with timings.phase("pass"):
+    with timings.phase("pass"), progress.phase("folding"):
         if data is not None:
             result = _collapse_with_budget(args, model, data, out)
         else:
@@ -62,6 +67,7 @@ def run_optimize(args: argparse.Namespace) -> int:
                 allow_growth=args.allow_growth,
                 check=False,
                 partial=args.partial,
+                progress=progress.update,
             )
     out.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
     if result.report.budget is not None:
@@ -72,7 +78,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     verification, failure = None, None
     try:
         if not args.no_verify and result.report.folded:
-            with timings.phase("verify"):
+            with timings.phase("verify"), progress.phase("checking in onnxruntime"):
                 verification = _compare(args, model, result.model, data, given_shapes, out)
             _enforce_bounds(args, verification)
         check_required_folds(args.require_folded, result.report.folded, len(result.report.sites))
@@ -82,7 +88,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     if failure is None:
         del model  # writing needs only the result: keep the input's weights out of the peak
         release_garbage()
-        with timings.phase("save"):
+        with timings.phase("save"), progress.phase(f"writing {args.output}"):
             save_model(
                 result.model, args.output, external=external, check=True, keep=plan.input_data
             )
