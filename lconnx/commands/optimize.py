@@ -23,6 +23,36 @@ from lconnx.progress import PhaseProgress
 
 
 def run_optimize(args: argparse.Namespace) -> int:
+    """``optimize IN OUT``; with a model folder as IN, the folder form (``model_folder``)."""
+    if not Path(args.input).is_dir():
+        return _optimize_file(args)
+    from lconnx import model_folder
+
+    source, target = Path(args.input), Path(args.output)
+    job = model_folder.plan_folder(source, target)
+    model_folder.make_target(job, target)
+    try:
+        file_args = argparse.Namespace(
+            **{**vars(args), "input": str(job.model), "output": str(job.output_model)}
+        )
+        code = _optimize_file(
+            file_args,
+            extra_reads=[(src, "input folder's file") for src, _ in job.copies],
+            extra_writes=[(dst, "copied file") for _, dst in job.copies],
+        )
+        model_folder.copy_files(job)
+    except BaseException:
+        model_folder.undo(job, target)
+        raise
+    return code
+
+
+def _optimize_file(
+    args: argparse.Namespace,
+    extra_reads: list[tuple[Path, str]] | None = None,
+    extra_writes: list[tuple[Path, str]] | None = None,
+) -> int:
+    """One model file; ``extra_*``: the folder form's copies, checked with everything else."""
     from lconnx.collapse import collapse
     from lconnx.io import lconnx_data_files, load_model, save_model
     from lconnx.outputs import OutputPlan
@@ -44,6 +74,10 @@ def run_optimize(args: argparse.Namespace) -> int:
         .write(json_file(args.json), "JSON output")
         .write(args.markdown, "Markdown summary")
     )
+    for path, role in extra_reads or []:
+        plan.read(path, role)
+    for path, role in extra_writes or []:
+        plan.write(path, role)
     plan.check()  # paths alone, before the input is even parsed
     recording = bool(args.report or args.json or args.markdown)
     timings, progress = Timings(), PhaseProgress()
