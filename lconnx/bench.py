@@ -302,19 +302,18 @@ def deployable_settings(
 
 def _load(model: ModelLike, name: str) -> _Entry:
     from lconnx.collapse import parameter_count
-    from lconnx.io import PROTO_LIMIT_BYTES, external_data_files, load_model, model_data_bytes
+    from lconnx.io import PROTO_LIMIT_BYTES, load_model, model_data_bytes
 
+    source: ModelLike
     if isinstance(model, onnx.ModelProto):
         data = model_data_bytes(model)
         size = model.ByteSize() if data < PROTO_LIMIT_BYTES else data
         proto, source, where = model, model, "in memory"
     else:
         path = Path(model)
-        proto, external = load_model(path)
-        size = path.stat().st_size
-        if external:
-            skeleton = onnx.load(str(path), load_external_data=False)
-            size += sum((path.parent / f).stat().st_size for f in external_data_files(skeleton))
+        files: set[Path] = set()
+        proto, _ = load_model(path, before_reading=files.update)
+        size = path.stat().st_size + sum(f.stat().st_size for f in files)
         source, where = str(path), str(path)
     info = ModelInfo(name, where, parameter_count(proto), len(proto.graph.node), size)
     return _Entry(name, source, proto, info)

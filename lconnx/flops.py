@@ -25,7 +25,7 @@ carries no weight bytes (the same trick as :mod:`lconnx.shapes`), so models over
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ class FlopCount:
         }
 
 
-def count_flops(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> FlopCount:
+def count_flops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> FlopCount:
     """FLOPs of ``model``'s main graph when its inputs have ``input_shapes``.
 
     Inputs not named keep their declared dims, with symbolic ones set to 1.
@@ -119,7 +119,7 @@ class _Unknown(Exception):
 
 
 def _concrete_shapes(
-    model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
 ) -> Callable[[str], Shape | None]:
     """name → concrete shape (None when unknown), after inference with fixed input dims."""
     skeleton = without_weights(model)  # a light copy: never writes to ``model``

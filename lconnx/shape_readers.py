@@ -103,13 +103,14 @@ def _excludes_last(node: gs.Node, shape: gs.Tensor, rank: int, graph_inputs: set
         return False
     if any(t is shape for t in node.inputs[1:]):
         return False
-    values = [_const(t, graph_inputs) for t in node.inputs[1:]]
-    if any(v is None for v in values):
+    found = [_const(t, graph_inputs) for t in node.inputs[1:]]
+    values = [v for v in found if v is not None]
+    if len(values) != len(found):
         return False
     if node.op == "Gather":
-        (indices,) = values[:1] or [None]
-        if indices is None or int(node.attrs.get("axis", 0)) != 0:
+        if not values or int(node.attrs.get("axis", 0)) != 0:
             return False
+        indices = values[0]
         picked = np.where(indices < 0, indices + rank, indices)
         return bool(np.all((picked >= 0) & (picked < rank - 1)))
     if node.op == "Slice" and len(values) >= 2:

@@ -126,7 +126,7 @@ def run(
     provider: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Outputs of ``model`` (a model, a path, or a session) on ``feeds``, by output name."""
-    session = model if hasattr(model, "run") else make_session(model, provider)
+    session: Any = model if hasattr(model, "run") else make_session(model, provider)
     names = [o.name for o in session.get_outputs()]
     try:
         values = session.run(names, feeds)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from lconnx.errors import RequirementError, UsageError
 from lconnx.terminal import stdout
@@ -22,7 +22,8 @@ def console(json_target: str | None = None) -> Any:
 
     if json_target == STDOUT:
         return Console(file=sys.stderr, width=None if sys.stderr.isatty() else 160)
-    return Console(file=stdout) if stdout.isatty() else Console(file=stdout, width=160)
+    stream = cast(IO[str], stdout)  # file-like enough for rich: write, flush, isatty
+    return Console(file=stream) if stdout.isatty() else Console(file=stream, width=160)
 
 
 def json_file(target: str | None) -> str | None:
