@@ -48,6 +48,22 @@ def test_the_graph_surgeries_config_folds_the_model(tmp_path, olive_run, monkeyp
     np.testing.assert_allclose(run(folded, {"x": x})[0], run(original, {"x": x})[0], atol=1e-4)
 
 
+def test_the_readme_example_runs_as_written(tmp_path, olive_run, monkeypatch):
+    """The README's Olive block, executed verbatim next to a model.onnx."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [
+        body
+        for body in re.findall(r"```python\n(.*?)```", readme, re.S)
+        if "lconnx.integrations.olive" in body
+    ]
+    monkeypatch.chdir(tmp_path)
+    save_external(wide_mlp(), tmp_path / "model.onnx")
+    exec(compile(block, "README.md", "exec"), {})
+    assert linear_count(onnx.load(str(tmp_path / "olive-out" / "model.onnx"))) == 1
+
+
 def test_the_surgeon_takes_lconnx_settings(olive_run):
     from olive.passes.onnx.graph_surgeries import Surgeon
 
