@@ -39,6 +39,9 @@ paper-table: datasets $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check lconnx tests benchmarks models
+	$(PY) -m ruff format --check lconnx tests benchmarks models
+	$(PY) -m mypy lconnx
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint datasets
 	$(PY) -m pytest -q -p no:cacheprovider

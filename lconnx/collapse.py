@@ -120,7 +120,7 @@ def analyze(
 
 def _quantized_note(model: onnx.ModelProto) -> list[str]:
     """Why an int8 model shows no sites: its linears are no longer float MatMul / Gemm."""
-    from lconnx.quantize import quantized_op_counts
+    from lconnx.quantized_ops import quantized_op_counts
 
     counts = quantized_op_counts(model)
     if not counts:

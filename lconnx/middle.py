@@ -131,8 +131,9 @@ def _batchnorm(
             f"BatchNormalization on a rank-{hidden_rank} tensor normalises axis 1, "
             "not the feature axis"
         )
-    params = [const_ref(t, graph_inputs) for t in node.inputs[1:5]]
-    if len(params) != 4 or any(p is None for p in params):
+    found = [const_ref(t, graph_inputs) for t in node.inputs[1:5]]
+    params = [p for p in found if p is not None]
+    if len(params) != 4:
         return Rejection("BatchNormalization parameters are not constants")
     gamma, beta, mean, var = (p.array().reshape(-1) for p in params)
     if any(v.size not in (1, width) for v in (gamma, beta, mean, var)):

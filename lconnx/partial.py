@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -229,7 +230,7 @@ def split_weights(plan: _Plan) -> dict[str, np.ndarray | None]:
 
 def _rewrite(plan: _Plan, names: Names, protected: set[str]) -> tuple[list[gs.Node], list]:
     """Replace the chain by ``direct(x) + narrow MLP(x)``; returns (new nodes, dropped nodes)."""
-    parts = split_weights(plan)
+    parts: dict[str, Any] = split_weights(plan)  # the weights are set; only biases may be None
     chain = plan.chain
     first, second = chain.first, chain.second
     elem_type = first.elem_type

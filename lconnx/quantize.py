@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from lconnx.errors import LconnxError, MissingDependencyError, first_line
 from lconnx.io import external_data_paths, load_model, parse_model, save_model, temp_folder
 from lconnx.outputs import OutputPlan
+from lconnx.quantized_ops import QUANTIZED_OPS, quantized_op_counts
 from lconnx.verify import INSTALL_HINT
 
 __all__ = ["DEFAULT_OP_TYPES", "QUANTIZED_OPS", "quantize_int8", "quantized_op_counts"]
@@ -33,23 +31,6 @@ __all__ = ["DEFAULT_OP_TYPES", "QUANTIZED_OPS", "quantize_int8", "quantized_op_c
 #: set also turns ``Conv`` into ``ConvInteger``, which its CPU provider runs several times
 #: slower than float ``Conv`` (measured in ``benchmarks/results/quantize.md``).
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
-
-#: Op types that mark a graph as already quantized (QOperator and QDQ formats).
-QUANTIZED_OPS = frozenset(
-    {
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QLinearMatMul",
-        "QLinearConv",
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-        "MatMulNBits",
-        "QGemm",
-    }
-)
 
 
 def _quantization_module() -> Any:
@@ -113,10 +94,3 @@ def quantize_int8(
         quantized, external = load_model(tmp_dir / "model.onnx")
         save_model(quantized, dst, external=external, keep=inputs)
     return dst
-
-
-def quantized_op_counts(model: onnx.ModelProto | str | os.PathLike[str]) -> Counter[str]:
-    """How many nodes of each quantization op type the main graph has (empty: a float model)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    return Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS)

@@ -9,7 +9,8 @@ from lconnx.commands.common import console, emit_json, json_file, shapes
 
 def run_verify(args: argparse.Namespace) -> int:
     from lconnx.outputs import OutputPlan
-    from lconnx.verify import render_verify, verify
+    from lconnx.verify import verify
+    from lconnx.verify_render import render_verify
 
     plan = OutputPlan().read(args.original, "original model").read(args.optimized, "model")
     if args.data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +79,7 @@ def linear_form(module: nn.Module | None) -> LinearForm | None:
     if isinstance(module, nn.Linear):
         return LinearForm("Linear", module.in_features, module.out_features, -1)
     if _is_hf_conv1d(module):
-        n_in, n_out = module.weight.shape
+        n_in, n_out = _weight(module).shape
         return LinearForm("Conv1D", int(n_in), int(n_out), -1)
     if _is_pointwise_conv2d(module):
         assert isinstance(module, nn.Conv2d)
@@ -91,7 +92,7 @@ def linear_parameters(module: nn.Module) -> tuple[Tensor, Tensor | None]:
     form = linear_form(module)
     if form is None:
         raise TypeError(f"{type(module).__name__} is not a linear-form module")
-    weight: Tensor = module.weight.detach().double()
+    weight: Tensor = _weight(module).detach().double()
     if form.kind == "Conv1D":
         weight = weight.t()
     weight = weight.reshape(form.out_features, form.in_features)
@@ -109,21 +110,30 @@ def linear_like(template: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.
     form = linear_form(template)
     if form is None:
         raise TypeError(f"{type(template).__name__} is not a linear-form module")
-    ref = template.weight
+    ref = _weight(template)
     n_out, n_in = weight.shape
     new: nn.Module
     if form.kind == "Conv1D":
         new = type(template)(n_out, n_in)
         new.to(device=ref.device, dtype=ref.dtype)
-        new.weight.copy_(weight.t())
+        _weight(new).copy_(weight.t())
         if bias is None:
-            new.bias.zero_()
+            _bias(new).zero_()
     elif form.kind == "Conv2d 1x1":
         new = nn.Conv2d(n_in, n_out, 1, bias=bias is not None, device=ref.device, dtype=ref.dtype)
-        new.weight.copy_(weight.reshape(n_out, n_in, 1, 1))
+        _weight(new).copy_(weight.reshape(n_out, n_in, 1, 1))
     else:
         new = nn.Linear(n_in, n_out, bias=bias is not None, device=ref.device, dtype=ref.dtype)
-        new.weight.copy_(weight)
+        _weight(new).copy_(weight)
     if bias is not None:
-        new.bias.copy_(bias)
+        _bias(new).copy_(bias)
     return new
+
+
+def _weight(module: nn.Module) -> Tensor:
+    """``module.weight`` as a Tensor (torch types module attributes as Tensor | Module)."""
+    return cast(Tensor, module.weight)
+
+
+def _bias(module: nn.Module) -> Tensor:
+    return cast(Tensor, module.bias)

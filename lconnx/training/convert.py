@@ -153,7 +153,7 @@ def make_collapsible(
         set_submodule(model, b.act, act)
         report.outcomes[b.name] = f"activation '{b.activation}' replaced by a PReLU"
     for name in report.selected:
-        act = model.get_submodule(name)
-        assert isinstance(act, CollapsiblePReLU)
-        report.slopes[name] = act.weight.detach().clone()
+        selected = model.get_submodule(name)
+        assert isinstance(selected, CollapsiblePReLU)
+        report.slopes[name] = selected.weight.detach().clone()
     return report

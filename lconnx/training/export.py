@@ -92,7 +92,7 @@ def export_onnx(
         dynamic_sequence = config is not None and dynamo
     model.eval()
     try:
-        if cached:
+        if cached and config is not None:
             config.use_cache = False
         with torch.no_grad():
             outputs = _flat_tensors(model(*args, **kwargs))
@@ -140,7 +140,7 @@ def export_onnx(
                     size_threshold=0,
                 )
     finally:
-        if cached:
+        if cached and config is not None:
             config.use_cache = cached
         model.train(was_training)
     return path

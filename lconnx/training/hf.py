@@ -176,7 +176,7 @@ def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def _move_to_no_decay(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+def _move_to_no_decay(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
     """Move ``params`` from decayed groups to a group with ``weight_decay == 0`` and the same
     learning rate (the Trainer always builds one). Done before the first step, so no
     optimiser state moves; the scheduler keeps one entry per group, so no group is added."""
