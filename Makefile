@@ -9,16 +9,17 @@ INSTALL := -e '.[cpu,train,dev,hf,olive]' 'torch==2.13.0'
 
 .PHONY: demo test lint paper-table datasets
 
-# Fashion-MNIST (the paper table's data, and the tests that use it) comes from Debian; as root
-# with apt, it is installed here, elsewhere those tests skip and say why.
-FASHION := /usr/share/datasets/fashion-mnist
+# Debian's data packages: Fashion-MNIST (the paper table's data, and the tests that use it) and
+# fortunes (the text-generation row's corpus). As root with apt they are installed here;
+# elsewhere those tests skip and say why.
+DEBIAN_DATA := dataset-fashion-mnist fortunes
 datasets:
-	@if [ -d $(FASHION) ]; then :; \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -d /usr/share/games/fortunes ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
-		echo "note: could not install dataset-fashion-mnist; its tests will skip"; \
-	else echo "note: apt-get install dataset-fashion-mnist (as root) to run its tests"; fi
+		apt-get install -y -q $(DEBIAN_DATA) >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_DATA) >/dev/null) || \
+		echo "note: could not install $(DEBIAN_DATA); their tests will skip"; \
+	else echo "note: apt-get install $(DEBIAN_DATA) (as root) to run their tests"; fi
 
 $(VENV)/.installed: pyproject.toml Makefile | datasets
 	python3 -m venv $(VENV)

@@ -36,8 +36,12 @@ def _names(prefix: str, n: int) -> list[str]:
 
 
 def _input_names(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
-    """``input`` / ``input_i`` for positional inputs; for keyword tensors their own names, in
-    the forward signature's order (the order the exported graph takes them in)."""
+    """``input`` / ``input_i`` for positional inputs (a Hugging Face model's: their parameter
+    names); for keyword tensors their own names, in the forward signature's order (the order
+    the exported graph takes them in)."""
+    hf = getattr(model, "config", None) is not None
+    if hf and args and not kwargs and all(isinstance(a, Tensor) for a in args):
+        return list(inspect.signature(model.forward).parameters)[: len(args)]  # input_ids, ...
     if args or not kwargs or not all(isinstance(v, Tensor) for v in kwargs.values()):
         return _names("input", len(_flat_tensors((args, kwargs))))
     try:
@@ -117,10 +121,11 @@ def export_onnx(
             )
         else:
             axes = {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
+            traced = _KeywordCall(model, len(args)) if config is not None else model
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter" notice
                 torch.onnx.export(
-                    model,
+                    traced,
                     args,
                     str(path),
                     dynamo=False,
@@ -144,6 +149,21 @@ def export_onnx(
             config.use_cache = cached
         model.train(was_training)
     return path
+
+
+class _KeywordCall(nn.Module):
+    """Calls a Hugging Face model with its positional inputs passed by name. The TorchScript
+    tracer's positional call collides with the keyword arguments HF's forward wrappers add
+    ("got multiple values for argument 'use_cache'")."""
+
+    def __init__(self, model: nn.Module, count: int) -> None:
+        super().__init__()
+        self.model = model
+        params = list(inspect.signature(model.forward).parameters)
+        self.names = params[:count]
+
+    def forward(self, *args: Tensor) -> Any:
+        return self.model(**dict(zip(self.names, args, strict=True)))
 
 
 def _batch_shapes(

@@ -206,3 +206,18 @@ def test_an_unknown_activation_module_is_reported_not_ignored():
     # a norm between two Linears is not an activation at all: no candidate, no noise
     plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
     assert discover(plain).rejected == []
+
+
+def test_torchscript_export_of_an_hf_model_with_positional_inputs(tmp_path):
+    """The legacy exporter's positional call used to collide with HF's keyword wrappers
+    ("got multiple values for argument 'use_cache'"); inputs keep their parameter names."""
+    import onnxruntime as ort
+
+    model = _bert().eval()
+    ids, mask = _text()["input_ids"], _text()["attention_mask"]
+    path = export_onnx(model, (ids, mask), tmp_path / "bert.onnx", dynamo=False)
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    want = model(ids, mask).last_hidden_state.detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
