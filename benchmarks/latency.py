@@ -12,10 +12,11 @@ Cases (seeded weights, PRelu slope exactly 1 so every MLP folds):
   ``PRelu(1)`` between, on ``x = 8 × 25088``.
 
 Each case is collapsed in memory with ``lconnx.collapse`` (timed), checked with
-``lconnx.verify.verify_models`` on the benchmark inputs, then collapsed vs original are timed
-with ``lconnx.bench.benchmark`` at ORT_ENABLE_ALL on the CPU (intra-op threads = physical
-cores, interleaved runs). The goal from the issue is measured speedup ≥ 0.9 × the FLOP-ideal
-one. CUDA is not run where no GPU / onnxruntime-gpu is present; the output says so.
+``lconnx.runtime.compare.verify_models`` on the benchmark inputs, then collapsed vs original
+are timed with ``lconnx.runtime.bench.benchmark`` at ORT_ENABLE_ALL on the CPU (intra-op
+threads = physical cores, interleaved runs). The goal from the issue is measured speedup
+≥ 0.9 × the FLOP-ideal one. CUDA is not run where no GPU / onnxruntime-gpu is present; the
+output says so.
 
 Writes ``OUT/latency.json``, ``OUT/latency.md`` and ``OUT/latency_plots/<case>/*.png``.
 """
@@ -38,10 +39,12 @@ sys.path.insert(0, str(HERE.parent / "models"))
 from synthetic import transformer_mlp_model  # noqa: E402
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark  # noqa: E402
-from lconnx.bench_report import human_bytes, machine_line, to_markdown  # noqa: E402
-from lconnx.plots import write_plots  # noqa: E402
-from lconnx.verify import provider_unavailable, random_inputs, verify_models  # noqa: E402
+from lconnx.render.bench import human_bytes, machine_line, to_markdown  # noqa: E402
+from lconnx.render.plots import write_plots  # noqa: E402
+from lconnx.runtime.bench import benchmark  # noqa: E402
+from lconnx.runtime.compare import verify_models  # noqa: E402
+from lconnx.runtime.inputs import random_inputs  # noqa: E402
+from lconnx.runtime.session import provider_unavailable  # noqa: E402
 
 GOAL = 0.9  # measured speedup ≥ GOAL × FLOP-ideal speedup
 

@@ -13,12 +13,12 @@ exported with ``lconnx.training.export_onnx`` (TorchScript, as HF optimum export
 * ``lconnx → ORT``: does the ORT optimizer still fuse after lconnx folded the FFN blocks?
 * ``ORT → lconnx``: does lconnx still find the FFN sites in ORT's fused graph (the fused ops
   are ``com.microsoft``: lconnx reads only ONNX-domain ops, by design)?
-* the latency (``lconnx.bench``: interleaved runs, p50) of each pipeline against the original
-  fused by ORT, and the FLOP ideal: the encoder's FLOPs over the same less what the folds
+* the latency (``lconnx.runtime.bench``: interleaved runs, p50) of each pipeline against the
+  original fused by ORT, and the FLOP ideal: the encoder's FLOPs over the same less what the folds
   saved (the report's FLOPs per token times the sequence). The encoder's FLOPs are counted
   from the config (projections, FFN, attention's two products), because the fused graphs hide
   theirs in contrib ops and the exported graphs' reshapes of symbolic dims hide them from
-  ``lconnx.flops``.
+  ``lconnx.graph.flops``.
 
 Every output is compared with the original's in onnxruntime (max abs difference of the last
 hidden state). Writes ``OUT/ort_transformers_order.{json,md}``.
@@ -48,10 +48,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark, machine_info  # noqa: E402
-from lconnx.collapse import parameter_count  # noqa: E402
+from lconnx.passes.whole_block import parameter_count  # noqa: E402
+from lconnx.runtime.bench import benchmark, machine_info  # noqa: E402
+from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import CollapsiblePReLU, export_onnx, make_collapsible  # noqa: E402
-from lconnx.verify import make_session  # noqa: E402
 from models.hf_import import import_transformers  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -250,7 +250,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "same family); "
         f'sequence {s["seq"]}, batch 1; `optimize_model(model_type="bert")` of onnxruntime '
         f"{result['onnxruntime']}; latency p50 of {s['repeat']} interleaved runs "
-        f"(`lconnx.bench`), {s['threads']} thread(s).",
+        f"(`lconnx.runtime.bench`), {s['threads']} thread(s).",
         "",
     ]
     for rec in result["exporters"]:

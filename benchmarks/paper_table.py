@@ -10,7 +10,7 @@ chosen MLP blocks collapsible and pull their PReLU slopes to 1 with
 ``lconnx.training.export_onnx``, fold with ``lconnx.collapse`` (the engine of ``lconnx
 optimize``, default tolerance 0.05), then measure on the ONNX models with onnxruntime:
 held-out accuracy of the original and of the collapsed model, parameters, FLOPs per sample
-(``lconnx.flops``) and CPU latency (``lconnx.bench``).
+(``lconnx.graph.flops``) and CPU latency (``lconnx.runtime.bench``).
 
 Rows: VGG-style CNN on Fashion-MNIST (head collapsed), MLP-Mixer and ViT on Fashion-MNIST (last
 k blocks' MLPs collapsed, k = 0..depth) and the pretrained all-MiniLM-L6-v2 fine-tuned on VADER
@@ -64,17 +64,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))  # text_generation.py beside this file
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark, machine_info  # noqa: E402
-from lconnx.collapse import parameter_count  # noqa: E402
-from lconnx.flops import count_flops  # noqa: E402
+from lconnx.graph.flops import count_flops  # noqa: E402
 from lconnx.io import save_model  # noqa: E402
+from lconnx.passes.whole_block import parameter_count  # noqa: E402
+from lconnx.runtime.bench import benchmark, machine_info  # noqa: E402
+from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     export_onnx,
     make_collapsible,
     param_groups,
 )
-from lconnx.verify import make_session  # noqa: E402
 from models.data import Dataset, DatasetUnavailable, load_fashion_mnist, load_vader  # noqa: E402
 from models.recipe import train  # noqa: E402
 
@@ -851,7 +851,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "(decoupled, slopes pulled to 1) → `export_onnx` → `lconnx.collapse` (the engine of "
         f"`lconnx optimize`, tolerance {s['tolerance']}) → onnxruntime on the ONNX files: "
         "held-out accuracy of the original and the collapsed model, parameters (ONNX "
-        "initializers), FLOPs per sample (`lconnx.flops`), CPU latency p50 (`lconnx.bench`, "
+        "initializers), FLOPs per sample (`lconnx.graph.flops`), CPU latency p50 "
+        "(`lconnx.runtime.bench`, "
         f"{s['threads']} intra-op thread(s), {s['repeat']} interleaved runs).",
         "",
         "Budget, the same for every variant of a row: phase 1 = "

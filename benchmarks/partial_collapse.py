@@ -20,7 +20,7 @@ default sizes; ``--quick`` shrinks them) on Fashion-MNIST (``models/data.py``):
      ``lconnx.collapse(partial=True)``;
 
 3. accuracy is measured with onnxruntime (CPU, 1 thread) on the collapsed ONNX model over a
-   seeded test subset; FLOPs per image with ``lconnx.flops.count_flops`` at batch 1; the
+   seeded test subset; FLOPs per image with ``lconnx.graph.flops.count_flops`` at batch 1; the
    collapsed model's logits are checked against the (snapped) torch model's.
 
 A point is on the frontier when no other point of the same model has fewer or equal FLOPs and
@@ -49,7 +49,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import lconnx  # noqa: E402
-from lconnx.flops import count_flops  # noqa: E402
+from lconnx.graph.flops import count_flops  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     PartialCollapseRegularizer,
@@ -312,7 +312,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"per-unit PReLU (init 0.01); every point: {cfg['ft_steps']} more steps from the "
         f"baseline (same batches), then collapsed with lconnx at tolerance {TOLERANCE}. "
         "Accuracy and logits from onnxruntime (CPU) on the collapsed ONNX model; FLOPs per "
-        "image from `lconnx.flops.count_flops` (batch 1). ★ = on the accuracy/FLOPs frontier "
+        "image from `lconnx.graph.flops.count_flops` (batch 1). ★ = on the accuracy/FLOPs frontier "
         "of that model's points.",
         "",
         f"Run: `{result['command']}` — {result['seconds'] / 60:.1f} min on 1 torch thread "

@@ -5,11 +5,11 @@
 For each reference model: train it with the LayerCollapse regularizer (a seeded training
 subset, few epochs, one torch thread), export it to ONNX, fold it with ``lconnx.collapse``, and
 quantize both the original and the collapsed graph with onnxruntime's dynamic int8
-quantization (``lconnx.quantize.quantize_int8``: int8 weights of MatMul/Gemm, activations
+quantization (``lconnx.runtime.quantize.quantize_int8``: int8 weights of MatMul/Gemm, activations
 quantized per run). Then, for every variant, measure
 
 * the model file size on disk;
-* onnxruntime CPU latency with ``lconnx.bench.benchmark`` (one intra-op thread, all variants
+* onnxruntime CPU latency with ``lconnx.runtime.bench.benchmark`` (one intra-op thread, all variants
   of a model timed interleaved, batch 1 and batch 64);
 * top-1 accuracy on the held-out split, computed from onnxruntime outputs, and the top-1
   agreement with the fp32 original.
@@ -47,17 +47,17 @@ from data import Dataset, load_fashion_mnist, load_vader  # noqa: E402
 from recipe import evaluate, num_threads, train  # noqa: E402
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark  # noqa: E402
-from lconnx.bench_report import human_bytes, machine_line  # noqa: E402
 from lconnx.io import save_model  # noqa: E402
-from lconnx.quantize import quantize_int8, quantized_op_counts  # noqa: E402
+from lconnx.render.bench import human_bytes, machine_line  # noqa: E402
+from lconnx.runtime.bench import benchmark  # noqa: E402
+from lconnx.runtime.quantize import quantize_int8, quantized_op_counts  # noqa: E402
+from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     export_onnx,
     make_collapsible,
     param_groups,
 )
-from lconnx.verify import make_session  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -436,14 +436,15 @@ def markdown(results: list[dict], payload: dict) -> str:
         f"`{payload['uptime_end']}`. The machine is shared (2 cores, other jobs running), so "
         "absolute latencies are noisy; variants of one model are timed interleaved, which "
         "spreads that noise over them alike, so compare within a model.",
-        f"- **Timing**: `lconnx.bench.benchmark`, onnxruntime CPU, ORT_ENABLE_ALL, 1 intra-op "
+        "- **Timing**: `lconnx.runtime.bench.benchmark`, onnxruntime CPU, ORT_ENABLE_ALL, "
+        f"1 intra-op "
         f"thread, {payload['repeat']} timed runs per variant after {payload['warmup']} warm-up, "
         "interleaved; p50 latency; speedup = median over paired runs of "
         "t(original) / t(variant). Inputs are seeded random tensors of the model's input shape.",
         "- **Accuracy**: top-1 on the held-out split, argmax of the logits onnxruntime "
         "computes for each ONNX file; agreement = share of held-out samples where the variant "
         "predicts the same class as the fp32 original.",
-        "- **int8**: `lconnx.quantize.quantize_int8` = onnxruntime "
+        "- **int8**: `lconnx.runtime.quantize.quantize_int8` = onnxruntime "
         "`quantize_dynamic(weight_type=QInt8, op_types_to_quantize=['MatMul', 'Gemm'])`: "
         "weights int8 per tensor, activations uint8 quantized at run time "
         "(DynamicQuantizeLinear → MatMulInteger). *ORT default ops* = the same call without "

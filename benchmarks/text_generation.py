@@ -22,7 +22,7 @@ context 128, ``gelu_new`` as in GPT-2; random init), trained here on 2 CPU cores
 * each model is exported (``lconnx.training.export_onnx``) and folded by ``lconnx.collapse``;
   perplexity is measured in onnxruntime on the exported and on the folded model, and
   throughput (characters scored per second, full 128-character windows, batch 1 and 16,
-  interleaved timing by ``lconnx.bench``) of the folded models against vanilla.
+  interleaved timing by ``lconnx.runtime.bench``) of the folded models against vanilla.
 
 Writes ``OUT/text_generation.json`` and ``OUT/text_generation.md``; ``benchmarks/paper_table.py
 --rows gpt2`` runs it as the paper table's text-generation row.
@@ -55,17 +55,17 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import lconnx  # noqa: E402
-from lconnx.bench import benchmark, machine_info  # noqa: E402
-from lconnx.collapse import parameter_count  # noqa: E402
-from lconnx.flops import count_flops  # noqa: E402
+from lconnx.graph.flops import count_flops  # noqa: E402
 from lconnx.io import save_model  # noqa: E402
+from lconnx.passes.whole_block import parameter_count  # noqa: E402
+from lconnx.runtime.bench import benchmark, machine_info  # noqa: E402
+from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     export_onnx,
     make_collapsible,
     param_groups,
 )
-from lconnx.verify import make_session  # noqa: E402
 from models.hf_import import import_transformers  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)

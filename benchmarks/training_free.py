@@ -51,9 +51,9 @@ from data import load_fashion_mnist, load_vader  # noqa: E402
 from recipe import num_threads, train  # noqa: E402
 
 from lconnx import collapse_with_budget  # noqa: E402
-from lconnx.budget import embedding_error  # noqa: E402
-from lconnx.budget_report import curve_markdown  # noqa: E402
-from lconnx.verify import make_session  # noqa: E402
+from lconnx.calibrate.budget import embedding_error  # noqa: E402
+from lconnx.render.budget import curve_markdown  # noqa: E402
+from lconnx.runtime.session import make_session  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")
@@ -335,7 +335,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "regularizer). Each activation between two linears is replaced by its least-squares "
         "line per hidden unit on the calibration data, the block folded, and sites taken "
         "greedily by FLOPs saved per unit of metric lost while the budget holds. FLOPs are per "
-        "sample (`lconnx.flops.count_flops`, at the calibration shapes).",
+        "sample (`lconnx.graph.flops.count_flops`, at the calibration shapes).",
         "",
     ]
     m = payload.get("minilm")

@@ -4,10 +4,10 @@ The public API never imports torch or onnxruntime; those are optional extras.
 """
 
 from lconnx._version import __version__
-from lconnx.budget import collapse_with_budget
-from lconnx.collapse import DEFAULT_TOLERANCE, CollapseResult, analyze, collapse
+from lconnx.calibrate.budget import collapse_with_budget
 from lconnx.errors import LconnxError
-from lconnx.report import Report, Site
+from lconnx.passes.report import Report, Site
+from lconnx.passes.whole_block import DEFAULT_TOLERANCE, CollapseResult, analyze, collapse
 
 __all__ = [
     "DEFAULT_TOLERANCE",

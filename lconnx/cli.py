@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from lconnx._version import __version__
+from lconnx.commands.terminal import stdout
 from lconnx.errors import LconnxError, first_line
+from lconnx.files.signals import Terminated, install_stop_handlers
 from lconnx.memory import unmap_large_frees
-from lconnx.signals import Terminated, install_stop_handlers
-from lconnx.terminal import stdout
 
 USAGE_ERROR = 2
 
@@ -268,7 +268,7 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _provider(text: str) -> str:
-    from lconnx.providers import short_name
+    from lconnx.runtime.providers import short_name
 
     try:
         return short_name(text)

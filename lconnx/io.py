@@ -25,9 +25,9 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from lconnx import external_data as ext
 from lconnx.errors import LconnxError, ModelLoadError, OutputPathError, first_line
-from lconnx.signals import deferred_signals
+from lconnx.files import external_data as ext
+from lconnx.files.signals import deferred_signals
 
 #: Protobuf cannot serialise a message over 2 GiB; stay clear of it with some headroom.
 PROTO_LIMIT_BYTES = 2_000_000_000

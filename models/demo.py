@@ -26,11 +26,11 @@ from rich.progress import Progress
 from torch import nn
 
 import lconnx
-from lconnx.bench import benchmark
-from lconnx.bench_report import render_bench, write_outputs
 from lconnx.io import save_model
+from lconnx.render.bench import render_bench, write_outputs
+from lconnx.runtime.bench import benchmark
+from lconnx.runtime.compare import verify_models
 from lconnx.training import LayerCollapseRegularizer, export_onnx, make_collapsible, param_groups
-from lconnx.verify import verify_models
 
 console = Console(width=None if Console().is_terminal else 120)
 # torch's exporter logs optional-package notices and deprecation warnings on every export
@@ -119,7 +119,7 @@ def main() -> None:
     collapsed = args.out / "mnist_mlp.collapsed.onnx"
     save_model(result.model, collapsed, external=False)
     (args.out / "collapse_report.json").write_text(result.report.to_json() + "\n")
-    console.print(lconnx.report.render_table(result.report, title="lconnx collapse"))
+    console.print(lconnx.passes.report.render_table(result.report, title="lconnx collapse"))
 
     feeds = {onnx.load(str(original)).graph.input[0].name: x_test}
     check = verify_models(original, collapsed, feeds, labels=y_test)

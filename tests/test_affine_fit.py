@@ -11,11 +11,11 @@ import pytest
 from graphs import init, model, rand, run
 from onnx import TensorProto, helper
 
-from lconnx.affine_fit import FitStats, calibrate, fit_candidates, fold_fitted
-from lconnx.chains import GraphFacts
-from lconnx.collapse import export_graph, import_graph
-from lconnx.fold import Names
-from lconnx.report import Report
+from lconnx.calibrate.affine_fit import FitStats, calibrate, fit_candidates, fold_fitted
+from lconnx.passes.chains import GraphFacts
+from lconnx.passes.fold import Names
+from lconnx.passes.report import Report
+from lconnx.passes.whole_block import export_graph, import_graph
 
 F = TensorProto.FLOAT
 

@@ -16,11 +16,12 @@ from graphs import init, mlp_gemm, mlp_matmul, model, rand
 from onnx import TensorProto, helper
 
 import lconnx
-from lconnx import bench, bench_report
 from lconnx.cli import main
 from lconnx.errors import LconnxError
-from lconnx.flops import count_flops
-from lconnx.verify import provider_unavailable
+from lconnx.graph.flops import count_flops
+from lconnx.render import bench as bench_report
+from lconnx.runtime import bench
+from lconnx.runtime.session import provider_unavailable
 
 CUDA_REASON = provider_unavailable("cuda")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -244,7 +245,8 @@ def test_cuda_bench_runs_with_io_binding(pair):
 
 def test_import_lconnx_stays_light_and_plots_say_how_to_install(pair, tmp_path):
     code = (
-        "import sys, lconnx, lconnx.bench, lconnx.verify, lconnx.flops, lconnx.plots; "
+        "import sys, lconnx, lconnx.runtime.bench, lconnx.runtime.verify, lconnx.graph.flops, "
+        "lconnx.render.plots; "
         "heavy = [m for m in ('onnxruntime', 'matplotlib', 'torch') if m in sys.modules]; "
         "print(heavy)"
     )

@@ -11,10 +11,10 @@ from graphs import mlp_matmul, run
 from test_affine_fit import act_mlp
 
 from lconnx import collapse_with_budget
-from lconnx.budget import embedding_error
-from lconnx.budget_report import curve_markdown
+from lconnx.calibrate.budget import embedding_error
 from lconnx.cli import main
 from lconnx.errors import LconnxError
+from lconnx.render.budget import curve_markdown
 
 
 def _data(m: onnx.ModelProto, n: int = 300, seed: int = 0):

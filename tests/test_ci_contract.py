@@ -12,7 +12,7 @@ import pytest
 from graphs import mlp_gemm
 from hostile import assert_refused, lconnx, save_external, snapshot, wide_mlp
 
-from lconnx.run_record import SCHEMA_VERSION
+from lconnx.commands.record import SCHEMA_VERSION
 
 
 @pytest.fixture(scope="module")

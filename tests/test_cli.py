@@ -158,7 +158,7 @@ def test_out_of_memory_is_one_line_and_writes_nothing(
     def exhausted(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(sys.modules["lconnx.collapse"], "collapse", exhausted)
+    monkeypatch.setattr(sys.modules["lconnx.passes.whole_block"], "collapse", exhausted)
     out = tmp_path / "out.onnx"
     assert main(["optimize", str(model_path), str(out)]) == 1
     err = capsys.readouterr().err
@@ -170,7 +170,7 @@ def test_long_site_lists_are_cut_in_the_table_not_in_the_json(model_path):
     from rich.console import Console
 
     from lconnx import analyze
-    from lconnx.report import render_table
+    from lconnx.passes.report import render_table
 
     report = analyze(model_path)
     console = Console(width=200)

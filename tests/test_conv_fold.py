@@ -10,7 +10,7 @@ from graphs import init, model, rand, run
 from onnx import TensorProto, helper
 
 import lconnx
-from lconnx.linear import Linear, Rejection, match_linear
+from lconnx.passes.linear import Linear, Rejection, match_linear
 
 F = TensorProto.FLOAT
 

@@ -9,7 +9,7 @@ from graphs import init, mlp_gemm, mlp_matmul, model, rand, run
 from onnx import TensorProto, helper, numpy_helper
 
 import lconnx
-from lconnx.fold import merged_affine
+from lconnx.passes.fold import merged_affine
 
 F = TensorProto.FLOAT
 
@@ -116,7 +116,7 @@ def test_merged_affine_matches_the_formula():
     )
     import onnx_graphsurgeon as gs
 
-    from lconnx.chains import GraphFacts, find_chains, index_linears
+    from lconnx.passes.chains import GraphFacts, find_chains, index_linears
 
     graph = gs.import_onnx(m)
     facts = GraphFacts.of(graph, {"x"})

@@ -14,7 +14,7 @@ import pytest
 from graphs import run
 from hostile import assert_refused, lconnx, leftovers, save_external, snapshot, wide_mlp
 
-from lconnx.external_data import is_lconnx_data_name
+from lconnx.files.external_data import is_lconnx_data_name
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from graphs import init, mlp_gemm, model, rand
 from hostile import assert_refused, lconnx, save_external, snapshot, wide_mlp
 from onnx import TensorProto, helper
 
-from lconnx.collapse import collapse
 from lconnx.errors import LconnxError, ModelLoadError, UsageError
+from lconnx.passes.whole_block import collapse
 
 
 def _write(tmp_path, m, name="m.onnx"):
@@ -196,7 +196,7 @@ def _token_model(vocab=5, d=8, h=32):
 
 def test_token_inputs_are_valid_for_what_they_index(tmp_path):
     """Ids stay below the vocabulary of their Gather, for every seed."""
-    from lconnx.verify import free_batch_shapes, random_inputs
+    from lconnx.runtime.inputs import free_batch_shapes, random_inputs
 
     m = _token_model()
     shapes = free_batch_shapes(m, {})

@@ -9,9 +9,9 @@ import pytest
 from graphs import mlp_gemm
 
 from lconnx.errors import ModelLoadError, OutputPathError, UnsafeExternalDataError
-from lconnx.external_data import is_lconnx_data_name
+from lconnx.files.external_data import is_lconnx_data_name
+from lconnx.files.outputs import OutputPlan
 from lconnx.io import load_model, save_model
-from lconnx.outputs import OutputPlan
 
 
 def _save_external(m: onnx.ModelProto, path, location="weights.bin"):

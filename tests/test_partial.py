@@ -12,8 +12,8 @@ from onnx import TensorProto, helper
 
 import lconnx
 from lconnx.cli import main
-from lconnx.partial import PartialCost
-from lconnx.report import render_table
+from lconnx.passes.partial import PartialCost
+from lconnx.passes.report import render_table
 
 F = TensorProto.FLOAT
 #: 24 of 32 units exactly linear, 8 clearly not: 8·8 + 8·16 = 192 < 32·16 = 512 weights.

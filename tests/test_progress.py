@@ -57,7 +57,7 @@ def test_the_site_table_keeps_its_numbers_within_100_columns():
     """Long node names give way; sizes, slopes, decisions and savings stay whole."""
     from rich.console import Console
 
-    from lconnx.report import Report, Site, render_table
+    from lconnx.passes.report import Report, Site, render_table
 
     site = Site(
         nodes=["/encoder/layer.11/intermediate/dense/MatMul_very_long_name", "x", "y"],

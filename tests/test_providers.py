@@ -11,7 +11,7 @@ from graphs import mlp_gemm
 from hostile import assert_refused, lconnx
 
 from lconnx.errors import UsageError
-from lconnx.providers import full_name, session_providers, short_name, unavailable_reason
+from lconnx.runtime.providers import full_name, session_providers, short_name, unavailable_reason
 
 
 @pytest.mark.parametrize(

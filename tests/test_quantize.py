@@ -1,4 +1,4 @@
-"""Collapse, then int8-quantize (``lconnx.quantize``); and why not the other order."""
+"""Collapse, then int8-quantize (``lconnx.runtime.quantize``); and why not the other order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from graphs import mlp_matmul
 import lconnx
 from lconnx.cli import main
 from lconnx.errors import MissingDependencyError, OutputPathError
-from lconnx.quantize import quantize_int8, quantized_op_counts
+from lconnx.runtime.quantize import quantize_int8, quantized_op_counts
 
 DIMS = [64, 256, 256, 32]  # three MatMul+Add layers, PRelu(1) between: folds to one
 
@@ -89,7 +89,7 @@ def test_quantize_then_collapse_is_a_no_op(
     assert report["sites"] == [] and report["totals"]["folded"] == 0
     assert report["notes"] == [
         "the model is already quantized (3 DynamicQuantizeLinear, 3 MatMulInteger): collapse "
-        "the float model, then quantize (lconnx.quantize.quantize_int8)"
+        "the float model, then quantize (lconnx.runtime.quantize.quantize_int8)"
     ]
     assert main(["analyze", str(models["int8"])]) == 0
     assert "note: the model is already quantized" in capsys.readouterr().out

@@ -14,7 +14,9 @@ from onnx import TensorProto, helper
 
 from lconnx.cli import main
 from lconnx.errors import LconnxError, VerificationError
-from lconnx.verify import input_shapes, load_data, provider_unavailable, verify
+from lconnx.runtime.inputs import input_shapes, load_data
+from lconnx.runtime.session import provider_unavailable
+from lconnx.runtime.verify import verify
 
 CUDA_REASON = provider_unavailable("cuda")
 

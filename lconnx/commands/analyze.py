@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 
 from lconnx.commands.common import check_required_folds, console, emit_json, json_file
+from lconnx.commands.progress import PhaseProgress
 from lconnx.errors import LconnxError
-from lconnx.progress import PhaseProgress
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from lconnx.collapse import analyze
+    from lconnx.commands.record import Timings, model_files, record
+    from lconnx.files.outputs import OutputPlan
     from lconnx.io import load_model
-    from lconnx.outputs import OutputPlan
-    from lconnx.report import render_table
-    from lconnx.run_record import Timings, model_files, record
+    from lconnx.passes.report import render_table
+    from lconnx.passes.whole_block import analyze
 
     plan = OutputPlan().read(args.input, "input model").write(json_file(args.json), "JSON output")
     plan.check()

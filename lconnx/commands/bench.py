@@ -8,10 +8,10 @@ from lconnx.commands.common import STDOUT, console, emit_json, json_file, shapes
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from lconnx.bench import benchmark
-    from lconnx.bench_report import bench_payload, load_collapse_report, render_bench, write_outputs
+    from lconnx.files.outputs import OutputPlan
     from lconnx.io import external_data_paths, parse_model
-    from lconnx.outputs import OutputPlan
+    from lconnx.render.bench import bench_payload, load_collapse_report, render_bench, write_outputs
+    from lconnx.runtime.bench import benchmark
 
     given_shapes = shapes(args)
     plan = OutputPlan()
@@ -26,7 +26,7 @@ def run_bench(args: argparse.Namespace) -> int:
     plan.check()
     report = load_collapse_report(args.report) if args.report else None
     if args.plot_dir:
-        from lconnx.plots import require_matplotlib
+        from lconnx.render.plots import require_matplotlib
 
         require_matplotlib()
     result = benchmark(

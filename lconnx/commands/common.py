@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import IO, Any, cast
 
+from lconnx.commands.terminal import stdout
 from lconnx.errors import RequirementError, UsageError
-from lconnx.terminal import stdout
 
 #: ``--json`` given without a path, or with ``-``: the JSON goes to standard output.
 STDOUT = "-"
@@ -46,7 +46,7 @@ def emit_json(target: str | None, payload: dict[str, Any]) -> None:
 
 
 def shapes(args: argparse.Namespace) -> dict[str, list[int]]:
-    from lconnx.verify import parse_shapes
+    from lconnx.runtime.inputs import parse_shapes
 
     try:
         return parse_shapes(args.shape)

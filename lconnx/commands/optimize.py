@@ -17,16 +17,16 @@ from lconnx.commands.common import (
     json_file,
     shapes,
 )
+from lconnx.commands.progress import PhaseProgress
 from lconnx.errors import LconnxError, UsageError
 from lconnx.memory import release_garbage
-from lconnx.progress import PhaseProgress
 
 
 def run_optimize(args: argparse.Namespace) -> int:
     """``optimize IN OUT``; with a model folder as IN, the folder form (``model_folder``)."""
     if not Path(args.input).is_dir():
         return _optimize_file(args)
-    from lconnx import model_folder
+    from lconnx.commands import folder as model_folder
 
     source, target = Path(args.input), Path(args.output)
     job = model_folder.plan_folder(source, target)
@@ -53,12 +53,12 @@ def _optimize_file(
     extra_writes: list[tuple[Path, str]] | None = None,
 ) -> int:
     """One model file; ``extra_*``: the folder form's copies, checked with everything else."""
-    from lconnx.collapse import collapse
+    from lconnx.commands.record import Timings, files_bytes, model_files
+    from lconnx.files.outputs import OutputPlan
     from lconnx.io import lconnx_data_files, load_model, save_model
-    from lconnx.outputs import OutputPlan
-    from lconnx.report import render_table
-    from lconnx.run_record import Timings, files_bytes, model_files
-    from lconnx.verify import load_data
+    from lconnx.passes.report import render_table
+    from lconnx.passes.whole_block import collapse
+    from lconnx.runtime.inputs import load_data
 
     given_shapes = shapes(args)
     if args.data and given_shapes:
@@ -105,7 +105,7 @@ def _optimize_file(
             )
     out.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
     if result.report.budget is not None:
-        from lconnx.budget_report import render_curve
+        from lconnx.render.budget import render_curve
 
         out.print(render_curve(result.report.budget))
 
@@ -149,9 +149,9 @@ def _write_records(
     output_files: dict[str, Any] | None,
     timings: Any,
 ) -> None:
+    from lconnx.commands.record import record
     from lconnx.io import write_text_atomic
-    from lconnx.run_record import record
-    from lconnx.summary_markdown import optimize_markdown
+    from lconnx.render.markdown import optimize_markdown
 
     payload = record(
         "optimize",
@@ -205,7 +205,8 @@ def _compare(
 ) -> Any:
     """``optimize``'s check: both models on the same inputs (a batch of 8 where the batch
     dim is free, integer inputs valid for what they feed); the figures are printed."""
-    from lconnx.verify import free_batch_shapes, load_data, random_inputs, verify_models
+    from lconnx.runtime.compare import verify_models
+    from lconnx.runtime.inputs import free_batch_shapes, load_data, random_inputs
 
     labels = None
     if args.data:
@@ -235,7 +236,7 @@ def _compare(
 def _enforce_bounds(args: argparse.Namespace, verification: Any) -> None:
     """VerificationError (exit 3) for a broken bound; a warning for drift nobody bounded."""
     from lconnx.errors import VerificationError
-    from lconnx.verify import DRIFT_WARNING, check_bounds
+    from lconnx.runtime.verify import DRIFT_WARNING, check_bounds
 
     failures = check_bounds(verification, max_error=args.max_error, atol=args.atol, rtol=args.rtol)
     if failures:
@@ -256,8 +257,8 @@ def _collapse_with_budget(
 ) -> Any:
     """``optimize --data D --max-accuracy-drop P`` (or ``--max-embedding-error E``) on the
     already loaded ``data`` (feeds, labels), which verification then reuses."""
-    from lconnx.budget import collapse_with_budget
-    from lconnx.verify import LABELS_KEY
+    from lconnx.calibrate.budget import collapse_with_budget
+    from lconnx.runtime.inputs import LABELS_KEY
 
     feeds, labels = data
     if args.max_accuracy_drop is not None and labels is None:

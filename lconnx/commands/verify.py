@@ -8,9 +8,9 @@ from lconnx.commands.common import console, emit_json, json_file, shapes
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from lconnx.outputs import OutputPlan
-    from lconnx.verify import verify
-    from lconnx.verify_render import render_verify
+    from lconnx.files.outputs import OutputPlan
+    from lconnx.render.verify import render_verify
+    from lconnx.runtime.verify import verify
 
     plan = OutputPlan().read(args.original, "original model").read(args.optimized, "model")
     if args.data:

@@ -18,7 +18,7 @@ import logging
 import onnx
 from olive.passes.onnx.graph_surgeries import ProtoSurgeon
 
-from lconnx.collapse import DEFAULT_TOLERANCE, collapse
+from lconnx.passes.whole_block import DEFAULT_TOLERANCE, collapse
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from lconnx.constants import const_ref
-from lconnx.linear import ONNX_DOMAINS
+from lconnx.graph.tensors import const_ref
+from lconnx.passes.linear import ONNX_DOMAINS
 
 #: Largest decomposition searched (the tanh form of GELU is 8 compute nodes).
 MAX_REGION = 12

@@ -17,13 +17,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.activations import Composite, find_composite
-from lconnx.constants import FLOAT_TYPES, elem_type_name
-from lconnx.cost import ChainCost
-from lconnx.linear import Linear, Rejection, match_linear
-from lconnx.middle import MIDDLE_OPS, Affine, match_middle
-from lconnx.shape_readers import Rewire, input_side, rewires_for
-from lconnx.subgraphs import outer_references
+from lconnx.graph.subgraphs import outer_references
+from lconnx.graph.tensors import FLOAT_TYPES, elem_type_name
+from lconnx.passes.activations import Composite, find_composite
+from lconnx.passes.cost import ChainCost
+from lconnx.passes.linear import Linear, Rejection, match_linear
+from lconnx.passes.middle import MIDDLE_OPS, Affine, match_middle
+from lconnx.passes.shape_readers import Rewire, input_side, rewires_for
 
 #: Ops that are walked through (and reported as the blocker) so a user learns why
 #: ``Gemm → Relu → Gemm`` did not fold. Anything else ends the search quietly.

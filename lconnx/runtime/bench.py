@@ -17,7 +17,7 @@ How a run is measured:
   over the first model as the median over the paired runs of ``t(first) / t(model)``.
 
 Beside the measured figures stand static ones from the graph: parameters, nodes, file size,
-FLOPs (see :mod:`lconnx.flops` for what is counted) and the FLOP-ideal speedup, the ratio of
+FLOPs (see :mod:`lconnx.graph.flops` for what is counted) and the FLOP-ideal speedup, the ratio of
 total FLOPs: what the speedup would be if time were proportional to arithmetic.
 """
 
@@ -38,16 +38,14 @@ import onnx
 
 from lconnx._version import __version__
 from lconnx.errors import LconnxError, UsageError
-from lconnx.flops import FlopCount, count_flops
-from lconnx.providers import full_name
-from lconnx.verify import (
+from lconnx.graph.flops import FlopCount, count_flops
+from lconnx.runtime.inputs import input_shapes, input_specs, random_inputs
+from lconnx.runtime.providers import full_name
+from lconnx.runtime.session import (
     OPT_LEVELS,
     import_onnxruntime,
-    input_shapes,
-    input_specs,
     make_session,
     provider_unavailable,
-    random_inputs,
 )
 
 DEFAULT_REPEAT = 50
@@ -301,8 +299,8 @@ def deployable_settings(
 
 
 def _load(model: ModelLike, name: str) -> _Entry:
-    from lconnx.collapse import parameter_count
     from lconnx.io import PROTO_LIMIT_BYTES, load_model, model_data_bytes
+    from lconnx.passes.whole_block import parameter_count
 
     source: ModelLike
     if isinstance(model, onnx.ModelProto):
@@ -432,7 +430,7 @@ class _NoProgress:
 def expand_providers(providers: str | Sequence[str]) -> list[str]:
     """Short provider names, in order; ``"all"`` → CPU, CUDA and every other compute provider
     this onnxruntime lists (those that cannot run here are reported, not timed)."""
-    from lconnx.providers import available_here, short_name
+    from lconnx.runtime.providers import available_here, short_name
 
     if isinstance(providers, str):
         providers = [providers]

@@ -1,6 +1,6 @@
 """Rendering a benchmark: the rich table, Markdown, JSON and plot files of ``lconnx bench``.
 
-Kept apart from :mod:`lconnx.bench`, which only measures.
+Kept apart from :mod:`lconnx.runtime.bench`, which only measures.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lconnx.bench import BenchResult
 from lconnx.errors import LconnxError
 from lconnx.io import write_text_atomic
+from lconnx.runtime.bench import BenchResult
 
 
 def load_collapse_report(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def write_outputs(
     """Write the JSON, Markdown and PNG outputs asked for; returns the plots written."""
     plots: dict[str, str] = {}
     if plot_dir is not None:
-        from lconnx.plots import write_plots
+        from lconnx.render.plots import write_plots
 
         plots = write_plots(result, Path(plot_dir), report=report)
     if json_path is not None:

@@ -53,7 +53,8 @@ class Report:
     params_after: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
-    #: training-free collapse (``lconnx.budget``): metric, limit, per-site costs and the curve
+    #: training-free collapse (``lconnx.calibrate.budget``): metric, limit, per-site costs and
+    #: the curve
     budget: dict[str, Any] | None = None
     #: model-level remarks a user should see, e.g. why a model offers no sites at all
     notes: list[str] = field(default_factory=list)

@@ -16,11 +16,11 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from lconnx.chains import Chain
-from lconnx.constants import make_constant
-from lconnx.middle import compose
-from lconnx.shape_readers import apply as apply_rewires
-from lconnx.subgraphs import nested_graphs
+from lconnx.graph.subgraphs import nested_graphs
+from lconnx.graph.tensors import make_constant
+from lconnx.passes.chains import Chain
+from lconnx.passes.middle import compose
+from lconnx.passes.shape_readers import apply as apply_rewires
 
 SUFFIX = "/lconnx_fold"
 

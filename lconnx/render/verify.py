@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lconnx.verify import VerifyResult
+from lconnx.runtime.verify import VerifyResult
 
 
 def render_verify(result: VerifyResult, title: str = "lconnx verify") -> Any:

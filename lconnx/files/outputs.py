@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lconnx.errors import OutputPathError
-from lconnx.external_data import is_lconnx_data_name
-from lconnx.signals import deferred_signals
+from lconnx.files.external_data import is_lconnx_data_name
+from lconnx.files.signals import deferred_signals
 
 
 @dataclass(frozen=True)

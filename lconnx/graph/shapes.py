@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.external_data_helper import _get_all_tensors
 
-from lconnx.subgraphs import nested_graphs
+from lconnx.graph.subgraphs import nested_graphs
 
 #: Tensors smaller than this keep their data: shape ops (Reshape, Expand…) read such values.
 _KEEP_BYTES = 4096

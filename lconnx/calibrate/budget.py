@@ -2,10 +2,11 @@
 
 After the exact whole-block folds (near-identity PReLUs, ``lconnx.collapse``), every remaining
 profitable ``Linear → activation → Linear`` site is a candidate for a per-unit affine fit
-(``lconnx.affine_fit``). Each candidate's cost is measured alone, end to end in onnxruntime;
-they are then tried in order of FLOPs saved per unit of metric lost, one at a time, each time
-re-fitting on the current model and re-measuring the *cumulative* effect, and a site that
-would break the budget is skipped with its reason. Every trial is recorded: the curve.
+(``lconnx.calibrate.affine_fit``). Each candidate's cost is measured alone, end to end in
+onnxruntime; they are then tried in order of FLOPs saved per unit of metric lost, one at a
+time, each time re-fitting on the current model and re-measuring the *cumulative* effect,
+and a site that would break the budget is skipped with its reason. Every trial is recorded:
+the curve.
 
 Metrics, both against the original model on the calibration data:
 
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.affine_fit import (
+from lconnx.calibrate.affine_fit import (
     FitSite,
     UnitFit,
     batch_slices,
@@ -35,8 +36,12 @@ from lconnx.affine_fit import (
     fit_candidates,
     fold_fitted,
 )
-from lconnx.chains import GraphFacts
-from lconnx.collapse import (
+from lconnx.errors import LconnxError, UnsupportedModelError, first_line
+from lconnx.io import check_in_memory, check_proto, load_model
+from lconnx.passes.chains import GraphFacts
+from lconnx.passes.fold import Names
+from lconnx.passes.report import Report
+from lconnx.passes.whole_block import (
     DEFAULT_TOLERANCE,
     CollapseResult,
     collapse,
@@ -45,10 +50,6 @@ from lconnx.collapse import (
     parameter_count,
     site_of,
 )
-from lconnx.errors import LconnxError, UnsupportedModelError, first_line
-from lconnx.fold import Names
-from lconnx.io import check_in_memory, check_proto, load_model
-from lconnx.report import Report
 
 ACCURACY = "accuracy_drop"
 EMBEDDING = "embedding_error"
@@ -126,13 +127,13 @@ class Evaluator:
         return self.slices[-1].stop if self.slices[-1].stop is not None else 1
 
     def _run(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        from lconnx.verify import make_session, run
+        from lconnx.runtime.session import make_session, run
 
         session = make_session(model, threads=self.threads)
         return [run(session, {k: v[s] for k, v in self.feeds.items()}) for s in self.slices]
 
     def _accuracy(self, outputs: list[dict[str, np.ndarray]]) -> float:
-        from lconnx.verify import label_stats
+        from lconnx.runtime.compare import label_stats
 
         assert self.labels is not None
         correct = 0.0
@@ -143,7 +144,7 @@ class Evaluator:
         return 100.0 * correct / self.labels.size
 
     def measure(self, model: onnx.ModelProto) -> Measurement:
-        from lconnx.flops import count_flops
+        from lconnx.graph.flops import count_flops
 
         outputs = self._run(model)
         errors, weights = [], []
@@ -202,8 +203,8 @@ def collapse_with_budget(
     ``budget`` field holds each candidate's fit and cost alone and the curve of trials.
     ``on_step(point, model)`` sees the base model and the model after each site taken (to
     measure it on held-out data, say). Needs onnxruntime."""
-    from lconnx.flops import count_flops
-    from lconnx.verify import LABELS_KEY, load_data
+    from lconnx.graph.flops import count_flops
+    from lconnx.runtime.inputs import LABELS_KEY, load_data
 
     if (max_accuracy_drop is None) == (max_embedding_error is None):
         raise LconnxError("give exactly one budget: max_accuracy_drop or max_embedding_error")

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from lconnx.errors import LconnxError, MissingDependencyError, first_line
+from lconnx.files.outputs import OutputPlan
+from lconnx.graph.ops import QUANTIZED_OPS, quantized_op_counts
 from lconnx.io import external_data_paths, load_model, parse_model, save_model, temp_folder
-from lconnx.outputs import OutputPlan
-from lconnx.quantized_ops import QUANTIZED_OPS, quantized_op_counts
-from lconnx.verify import INSTALL_HINT
+from lconnx.runtime.session import INSTALL_HINT
 
 __all__ = ["DEFAULT_OP_TYPES", "QUANTIZED_OPS", "quantize_int8", "quantized_op_counts"]
 

@@ -17,16 +17,16 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from lconnx._version import __version__
-from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
-from lconnx.empty_note import no_site_note
 from lconnx.errors import UnsupportedModelError, UsageError, first_line
-from lconnx.fold import Names, fold_round, non_overlapping, overflow_rejection
+from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
+from lconnx.graph.subgraphs import node_subgraphs
 from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.memory import release_garbage
-from lconnx.partial import collapse_partially
-from lconnx.report import Report, Site
-from lconnx.shapes import annotate, inferred_value_info, reinfer
-from lconnx.subgraphs import node_subgraphs
+from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.passes.empty_note import no_site_note
+from lconnx.passes.fold import Names, fold_round, non_overlapping, overflow_rejection
+from lconnx.passes.partial import collapse_partially
+from lconnx.passes.report import Report, Site
 
 DEFAULT_TOLERANCE = 0.05
 #: Each round at least halves a run of foldable linears, so this bounds any real graph.
@@ -55,7 +55,7 @@ def collapse(
     """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified.
 
     ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
-    a direct linear path plus a narrower MLP (``lconnx.partial``), where that is cheaper.
+    a direct linear path plus a narrower MLP (``lconnx.passes.partial``), where that is cheaper.
     ``progress`` hears a line per fold round (what the CLI's spinner shows)."""
     if tolerance < 0 or not np.isfinite(tolerance):
         raise UsageError(f"tolerance must be a finite number ≥ 0, got {tolerance}")
@@ -120,7 +120,7 @@ def analyze(
 
 def _quantized_note(model: onnx.ModelProto) -> list[str]:
     """Why an int8 model shows no sites: its linears are no longer float MatMul / Gemm."""
-    from lconnx.quantized_ops import quantized_op_counts
+    from lconnx.graph.ops import quantized_op_counts
 
     counts = quantized_op_counts(model)
     if not counts:
@@ -128,7 +128,7 @@ def _quantized_note(model: onnx.ModelProto) -> list[str]:
     found = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
     return [
         f"the model is already quantized ({found}): collapse the float model, then quantize "
-        "(lconnx.quantize.quantize_int8)"
+        "(lconnx.runtime.quantize.quantize_int8)"
     ]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from lconnx.constants import const_ref
+from lconnx.graph.tensors import const_ref
 
 #: Ops through which the chain's input keeps its rows, walked back to find same-rank tensors.
 _ROW_KEEPING = ("Reshape", "Flatten", "Identity")

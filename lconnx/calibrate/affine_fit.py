@@ -22,12 +22,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
-from lconnx.constants import FLOAT_TYPES, const_ref, elem_type_name
 from lconnx.errors import LconnxError, UsageError, first_line
-from lconnx.fold import Names, fold_round, non_overlapping
-from lconnx.linear import Rejection
-from lconnx.middle import Affine, match_middle
+from lconnx.graph.tensors import FLOAT_TYPES, const_ref, elem_type_name
+from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
+from lconnx.passes.fold import Names, fold_round, non_overlapping
+from lconnx.passes.linear import Rejection
+from lconnx.passes.middle import Affine, match_middle
 
 #: Single-node activations whose per-unit fit is meaningful (each acts per element).
 ACTIVATION_OPS = frozenset(
@@ -47,7 +47,7 @@ ACTIVATION_OPS = frozenset(
         "Mish",
     }
 )
-#: Multi-node activations recognised by ``lconnx.activations`` that are fitted as one.
+#: Multi-node activations recognised by ``lconnx.passes.activations`` that are fitted as one.
 COMPOSITE_LABELS = frozenset(
     {"GELU (Erf form)", "GELU (tanh form)", "SiLU (x·sigmoid(x))", "HardSwish", "Mish"}
 )
@@ -124,7 +124,7 @@ def _op_label(node: gs.Node, facts: GraphFacts) -> str:
 
 
 def structural_problem(chain: Chain, facts: GraphFacts) -> str | None:
-    """The safety rules of ``lconnx.chains`` restated for a multi-node middle: a composite
+    """The safety rules of ``lconnx.passes.chains`` restated for a multi-node middle: a composite
     reads its input more than once, so "one consumer" becomes "consumers inside the chain"."""
     first, second = chain.first, chain.second
     if first.problem or second.problem:
@@ -296,7 +296,7 @@ def calibrate(
     threads: int | None = None,
 ) -> dict[tuple[str, str], UnitFit]:
     """Per-unit affine fits of every site, from one onnxruntime pass over ``feeds``."""
-    from lconnx.verify import make_session
+    from lconnx.runtime.session import make_session
 
     if not sites:
         return {}

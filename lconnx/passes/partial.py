@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from lconnx.chains import Chain, GraphFacts, find_chains, index_linears
-from lconnx.constants import const_ref, make_constant
-from lconnx.fold import Names, base_name, detach, orphaned_producers, splice
-from lconnx.middle import compose, slope_values
-from lconnx.report import Site
+from lconnx.graph.tensors import const_ref, make_constant
+from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.passes.fold import Names, base_name, detach, orphaned_producers, splice
+from lconnx.passes.middle import compose, slope_values
+from lconnx.passes.report import Site
 
 SUFFIX = "/lconnx_partial"
 _SLOPE_OPS = ("PRelu", "LeakyRelu")

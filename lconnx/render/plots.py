@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lconnx.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    from lconnx.bench import BenchResult
+    from lconnx.runtime.bench import BenchResult
 
 INSTALL_HINT = "pip install 'lconnx[plot]'"
 

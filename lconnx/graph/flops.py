@@ -19,7 +19,7 @@ What is counted (a FLOP is one multiply or one add, so a multiply-add is 2):
   ``FlopCount.uncounted``, so a total is a lower bound exactly when that list is not empty.
 
 Symbolic dims become concrete by fixing the graph inputs' shapes on a copy of the graph that
-carries no weight bytes (the same trick as :mod:`lconnx.shapes`), so models over 2 GB work.
+carries no weight bytes (the same trick as :mod:`lconnx.graph.shapes`), so models over 2 GB work.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.shapes import without_weights
+from lconnx.graph.shapes import without_weights
 
 _UNIT_OPS = (
     "Add Sub Mul Div Pow Sqrt Exp Log Neg Abs Reciprocal Max Min Mean Sum Mod Clip Relu LeakyRelu "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from lconnx.constants import ConstRef, InputRef, const_ref, input_ref
+from lconnx.graph.tensors import ConstRef, InputRef, const_ref, input_ref
 
 
 @dataclass(frozen=True)
