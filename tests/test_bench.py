@@ -20,7 +20,7 @@ from lconnx.cli import main
 from lconnx.errors import LconnxError
 from lconnx.graph.flops import count_flops
 from lconnx.render import bench as bench_report
-from lconnx.runtime import bench
+from lconnx.runtime import bench, machine
 from lconnx.runtime.session import provider_unavailable
 
 CUDA_REASON = provider_unavailable("cuda")
@@ -266,6 +266,6 @@ def test_import_lconnx_stays_light_and_plots_say_how_to_install(pair, tmp_path):
 
 
 def test_physical_cores_and_machine_info():
-    assert 1 <= bench.physical_cores() <= (np.inf if sys.platform != "linux" else 4096)
-    info = bench.machine_info()
+    assert 1 <= machine.physical_cores() <= (np.inf if sys.platform != "linux" else 4096)
+    info = machine.machine_info()
     assert {"cpu", "physical_cores", "ram_bytes", "onnxruntime"} <= set(info)

@@ -150,3 +150,19 @@ def test_bench_records_settings_a_deployment_can_reuse(tmp_path, ext_model):
     assert olive["session_options"]["extra_session_config"] == {
         "session.intra_op.allow_spinning": "0"
     }
+
+
+def test_report_reads_back_what_optimize_wrote(tmp_path, ext_model):
+    from lconnx import Report
+    from lconnx.errors import LconnxError
+
+    proc = lconnx("optimize", ext_model, tmp_path / "o.onnx", "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    report = Report.from_dict(record)
+    assert report.folded == record["totals"]["folded"] == 3
+    assert report.sites[0].nodes == record["sites"][0]["nodes"]
+    expected = {k: record[k] for k in report.to_dict()}
+    assert report.to_dict() == expected
+    with pytest.raises(LconnxError, match="not an lconnx report"):
+        Report.from_dict({"sites": [{"nodes": []}]})

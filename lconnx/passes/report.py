@@ -7,8 +7,11 @@ a block they expected to collapse did not.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from lconnx.errors import LconnxError, first_line
 
 
 @dataclass
@@ -98,6 +101,29 @@ class Report:
             "notes": list(self.notes),
             **extra,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """The report ``to_dict`` wrote; an ``optimize --report`` / ``--json`` record reads
+        back the same way (its extra keys are ignored)."""
+        try:
+            names = {f.name for f in fields(Site)}
+            sites = [Site(**{k: v for k, v in s.items() if k in names}) for s in data["sites"]]
+            totals = data["totals"]
+            return cls(
+                tolerance=float(data["tolerance"]),
+                allow_growth=bool(data["allow_growth"]),
+                sites=sites,
+                partial=bool(data.get("partial", False)),
+                params_before=int(totals["params_before"]),
+                params_after=int(totals["params_after"]),
+                nodes_before=int(totals["nodes_before"]),
+                nodes_after=int(totals["nodes_after"]),
+                budget=data.get("budget"),
+                notes=list(data.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LconnxError(f"not an lconnx report: {first_line(exc)}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,10 @@ from lconnx._version import __version__
 from lconnx.errors import LconnxError, UsageError
 from lconnx.graph.flops import FlopCount, count_flops
 from lconnx.runtime.inputs import input_shapes, input_specs, random_inputs
-from lconnx.runtime.providers import full_name
+from lconnx.runtime.machine import machine_info, physical_cores
 from lconnx.runtime.session import (
     OPT_LEVELS,
+    deployable_settings,
     import_onnxruntime,
     make_session,
     provider_unavailable,
@@ -167,84 +167,6 @@ class BenchResult:
         return [(p, b, ts) for (p, b), ts in out.items()]
 
 
-# --------------------------------------------------------------------------- machine
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (Linux topology; else all)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
-        except OSError:
-            return max(1, len(cpus))
-    return max(1, len(cores))
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def ram_bytes() -> int | None:
-    """Physical memory in bytes; None where ``sysconf`` cannot say."""
-    with suppress(ValueError, OSError, AttributeError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS and library versions: the context of a timing."""
-    ort = import_onnxruntime()
-    cpu = cpu_model()
-    ram = ram_bytes()
-    package = "onnxruntime"
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        for candidate in ("onnxruntime-gpu", "onnxruntime"):
-            try:
-                version(candidate)
-                package = candidate
-                break
-            except PackageNotFoundError:
-                continue
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    load = None
-    with suppress(OSError, AttributeError):
-        load = [round(x, 2) for x in os.getloadavg()]
-    return {
-        "cpu": cpu,
-        "logical_cpus": cpus,
-        "physical_cores": physical_cores(),
-        "ram_bytes": ram,
-        "load_average": load,  # 1, 5, 15 min when the benchmark started: others' work counts
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "onnxruntime_package": package,
-        "onnxruntime_providers": list(ort.get_available_providers()),
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-    }
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -254,48 +176,6 @@ class _Entry:
     source: ModelLike  # what onnxruntime loads: the path, or the in-memory proto
     proto: onnx.ModelProto  # for shapes, FLOPs and parameters
     info: ModelInfo
-
-
-#: onnxruntime's GraphOptimizationLevel values, as Olive's ``session_options`` writes them.
-_LEVEL_VALUES = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
-
-
-def deployable_settings(
-    providers: Sequence[str], opt_level: str, threads: int | None, spinning: bool | None
-) -> dict[str, Any]:
-    """The timed sessions' settings in the forms a deployment reuses: onnxruntime's
-    ``SessionOptions`` attribute names (set each with ``setattr``, config entries with
-    ``add_session_config_entry``) and Olive's ``inference_settings``."""
-    options: dict[str, Any] = {"graph_optimization_level": OPT_LEVELS[opt_level]}
-    config: dict[str, str] = {}
-    if threads is not None:
-        options |= {
-            "intra_op_num_threads": threads,
-            "inter_op_num_threads": 1,
-            "execution_mode": "ORT_SEQUENTIAL",
-        }
-    if spinning is not None:
-        config["session.intra_op.allow_spinning"] = str(int(spinning))
-    names = [full_name(p) for p in providers]
-    olive_options = {
-        k: v for k, v in options.items() if k not in ("graph_optimization_level", "execution_mode")
-    }
-    olive_options["graph_optimization_level"] = _LEVEL_VALUES[opt_level]
-    if "execution_mode" in options:
-        olive_options["execution_mode"] = 0  # ORT_SEQUENTIAL
-    if config:
-        olive_options["extra_session_config"] = config
-    return {
-        "onnxruntime": {
-            "providers": names,
-            "session_options": options,
-            "session_config_entries": config,
-        },
-        "olive_inference_settings": {
-            "execution_provider": names,
-            "session_options": olive_options,
-        },
-    }
 
 
 def _load(model: ModelLike, name: str) -> _Entry:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lconnx.errors import (
     first_line,
 )
 from lconnx.io import PROTO_LIMIT_BYTES, model_data_bytes, save_model
-from lconnx.runtime.providers import session_providers
+from lconnx.runtime.providers import full_name, session_providers
 
 INSTALL_HINT = "pip install 'lconnx[cpu]' (or 'lconnx[gpu]' for CUDA)"
 
@@ -120,3 +121,45 @@ def run(
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
     return dict(zip(names, values, strict=True))
+
+
+#: onnxruntime's GraphOptimizationLevel values, as Olive's ``session_options`` writes them.
+_LEVEL_VALUES = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
+
+
+def deployable_settings(
+    providers: Sequence[str], opt_level: str, threads: int | None, spinning: bool | None
+) -> dict[str, Any]:
+    """The timed sessions' settings in the forms a deployment reuses: onnxruntime's
+    ``SessionOptions`` attribute names (set each with ``setattr``, config entries with
+    ``add_session_config_entry``) and Olive's ``inference_settings``."""
+    options: dict[str, Any] = {"graph_optimization_level": OPT_LEVELS[opt_level]}
+    config: dict[str, str] = {}
+    if threads is not None:
+        options |= {
+            "intra_op_num_threads": threads,
+            "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL",
+        }
+    if spinning is not None:
+        config["session.intra_op.allow_spinning"] = str(int(spinning))
+    names = [full_name(p) for p in providers]
+    olive_options = {
+        k: v for k, v in options.items() if k not in ("graph_optimization_level", "execution_mode")
+    }
+    olive_options["graph_optimization_level"] = _LEVEL_VALUES[opt_level]
+    if "execution_mode" in options:
+        olive_options["execution_mode"] = 0  # ORT_SEQUENTIAL
+    if config:
+        olive_options["extra_session_config"] = config
+    return {
+        "onnxruntime": {
+            "providers": names,
+            "session_options": options,
+            "session_config_entries": config,
+        },
+        "olive_inference_settings": {
+            "execution_provider": names,
+            "session_options": olive_options,
+        },
+    }
