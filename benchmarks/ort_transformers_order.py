@@ -48,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import lconnx  # noqa: E402
-from lconnx.passes.whole_block import parameter_count  # noqa: E402
+from lconnx.graph.model import parameter_count  # noqa: E402
 from lconnx.runtime.bench import benchmark, machine_info  # noqa: E402
 from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import CollapsiblePReLU, export_onnx, make_collapsible  # noqa: E402

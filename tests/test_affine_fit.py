@@ -12,10 +12,10 @@ from graphs import init, model, rand, run
 from onnx import TensorProto, helper
 
 from lconnx.calibrate.affine_fit import FitStats, calibrate, fit_candidates, fold_fitted
+from lconnx.graph.model import export_graph, import_graph
 from lconnx.passes.chains import GraphFacts
 from lconnx.passes.fold import Names
 from lconnx.passes.report import Report
-from lconnx.passes.whole_block import export_graph, import_graph
 
 F = TensorProto.FLOAT
 
@@ -153,7 +153,7 @@ def test_folded_fit_reproduces_the_fitted_lines_in_onnxruntime(kind):
     fits = calibrate(m, sites, feeds, threads=1)
     fit = fits[sites[0].key]
     assert fold_fitted(graph, facts, Names.of(graph), fits) == [sites[0].key]
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False))
+    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
     onnx.checker.check_model(folded, full_check=True)
     assert sum(n.op_type in ("MatMul", "Gemm") for n in folded.graph.node) == 1
     x = feeds["x"].astype(np.float64)
@@ -174,7 +174,7 @@ def test_fit_is_exact_where_the_activation_is_affine_on_the_data():
     assert np.array_equal(fit.scale, np.ones(32)) and np.array_equal(fit.shift, np.zeros(32))
     assert fit.residual == 0.0 and np.all(fit.r2 == 1.0)
     fold_fitted(graph, facts, Names.of(graph), {sites[0].key: fit})
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False))
+    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
     np.testing.assert_allclose(run(folded, feeds)[0], run(m, feeds)[0], rtol=1e-5, atol=1e-3)
 
 

@@ -37,19 +37,12 @@ from lconnx.calibrate.affine_fit import (
     fold_fitted,
 )
 from lconnx.errors import LconnxError, UnsupportedModelError, first_line
+from lconnx.graph.model import export_graph, import_graph, parameter_count
 from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.passes.chains import GraphFacts
 from lconnx.passes.fold import Names
-from lconnx.passes.report import Report
-from lconnx.passes.whole_block import (
-    DEFAULT_TOLERANCE,
-    CollapseResult,
-    collapse,
-    export_graph,
-    import_graph,
-    parameter_count,
-    site_of,
-)
+from lconnx.passes.report import Report, site_of
+from lconnx.passes.whole_block import DEFAULT_TOLERANCE, CollapseResult, collapse
 
 ACCURACY = "accuracy_drop"
 EMBEDDING = "embedding_error"
@@ -334,7 +327,7 @@ def _apply(model: onnx.ModelProto, fits: dict[Key, UnitFit], report: Report) -> 
     done = fold_fitted(graph, facts, Names.of(graph), fits)
     if len(done) != len(fits):
         raise LconnxError(f"internal: could not fold {sorted(set(fits) - set(done))}")
-    return export_graph(graph, model, report)
+    return export_graph(graph, model, report.provenance())
 
 
 def _refit(

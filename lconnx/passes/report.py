@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lconnx._version import __version__
 from lconnx.errors import LconnxError, first_line
+
+if TYPE_CHECKING:
+    from lconnx.passes.chains import Chain
 
 
 @dataclass
@@ -125,6 +129,14 @@ class Report:
         except (KeyError, TypeError, ValueError) as exc:
             raise LconnxError(f"not an lconnx report: {first_line(exc)}") from exc
 
+    def provenance(self) -> dict[str, str]:
+        """What the pass did, as the folded model's ``metadata_props``."""
+        return {
+            "lconnx.version": __version__,
+            "lconnx.sites_folded": str(self.folded),
+            "lconnx.tolerance": f"{self.tolerance:g}",
+        }
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
@@ -219,3 +231,29 @@ def render_table(report: Report, title: str = "lconnx", max_rows: int = MAX_TABL
         reasons.append(Text(f"  … {hidden:,} more sites: see --report R.json / analyze --json"))
     notes = [Text(f"note: {note}", style="yellow") for note in report.notes]
     return Group(table, *reasons, summary, *notes)
+
+
+def site_of(chain: Chain, folded: bool, reason: str | None = None) -> Site:
+    """The report entry for ``chain``. Without ``reason`` it is the pass's own decision; with
+    one (another pass decided, e.g. the budget), the after-figures show only when folded."""
+    cost = chain.cost
+    if reason is None:
+        shows_after = folded or chain.rejection is None
+        reason = "folded" if folded else chain.rejection or "foldable"
+    else:
+        shows_after = folded
+    return Site(
+        nodes=[n.name for n in chain.nodes],
+        ops=[n.op for n in chain.nodes],
+        d_in=cost.d_in,
+        hidden=cost.hidden,
+        d_out=cost.d_out,
+        dtype=chain.dtype,
+        folded=folded,
+        reason=reason,
+        slope_deviation=chain.slope_deviation,
+        weights_before=cost.weights_before,
+        weights_after=cost.weights_after if shows_after else 0,
+        flops_before=cost.flops_before,
+        flops_after=cost.flops_after if shows_after else 0,
+    )

@@ -16,17 +16,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx._version import __version__
 from lconnx.errors import UnsupportedModelError, UsageError, first_line
-from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
+from lconnx.graph.model import export_graph, import_graph, parameter_count
 from lconnx.graph.subgraphs import node_subgraphs
 from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.memory import release_garbage
-from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.passes.chains import GraphFacts, find_chains, index_linears
 from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names, fold_round, non_overlapping, overflow_rejection
 from lconnx.passes.partial import collapse_partially
-from lconnx.passes.report import Report, Site
+from lconnx.passes.report import Report, Site, site_of
 
 DEFAULT_TOLERANCE = 0.05
 #: Each round at least halves a run of foldable linears, so this bounds any real graph.
@@ -83,7 +82,7 @@ def collapse(
         if not report.sites and not report.notes:  # an empty table says why it is empty
             report.notes.append(no_site_note(graph, GraphFacts.of(graph, declared)))
     else:
-        result = export_graph(graph, model, report)
+        result = export_graph(graph, model, report.provenance())
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
         if check:
@@ -130,18 +129,6 @@ def _quantized_note(model: onnx.ModelProto) -> list[str]:
         f"the model is already quantized ({found}): collapse the float model, then quantize "
         "(lconnx.runtime.quantize.quantize_int8)"
     ]
-
-
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    try:
-        graph = gs.import_onnx(model)
-    except (MemoryError, SystemError):
-        raise  # allocation failures (SystemError: a C call failed without an exception) are
-        # not a property of the model: the CLI reports them as out of memory
-    except Exception as exc:  # graphsurgeon raises bare exceptions on odd models
-        raise UnsupportedModelError(f"cannot import graph: {exc}") from exc
-    annotate(graph, inferred_value_info(model))
-    return graph
 
 
 def _collapse_graph(
@@ -195,99 +182,3 @@ def _run_rounds(
         if progress is not None:
             progress(f"folding: round {round_number}, {len(batch)} site(s)")
         fold_round(graph, batch, names, protected)
-
-
-def site_of(chain: Chain, folded: bool, reason: str | None = None) -> Site:
-    """The report entry for ``chain``. Without ``reason`` it is the pass's own decision; with
-    one (another pass decided, e.g. the budget), the after-figures show only when folded."""
-    cost = chain.cost
-    if reason is None:
-        shows_after = folded or chain.rejection is None
-        reason = "folded" if folded else chain.rejection or "foldable"
-    else:
-        shows_after = folded
-    return Site(
-        nodes=[n.name for n in chain.nodes],
-        ops=[n.op for n in chain.nodes],
-        d_in=cost.d_in,
-        hidden=cost.hidden,
-        d_out=cost.d_out,
-        dtype=chain.dtype,
-        folded=folded,
-        reason=reason,
-        slope_deviation=chain.slope_deviation,
-        weights_before=cost.weights_before,
-        weights_after=cost.weights_after if shows_after else 0,
-        flops_before=cost.flops_before,
-        flops_after=cost.flops_after if shows_after else 0,
-    )
-
-
-def export_graph(graph: gs.Graph, original: onnx.ModelProto, report: Report) -> onnx.ModelProto:
-    """Export and restore everything the graph round trip should not change."""
-    result = gs.export_onnx(graph, do_type_check=False)
-    result.ir_version = original.ir_version
-    del result.opset_import[:]
-    result.opset_import.extend(original.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(result, field, getattr(original, field))
-    _hoist_initializers(result, original)
-    _restore_inputs(result, original)
-    result.graph.name = original.graph.name
-    result.graph.doc_string = original.graph.doc_string
-    del result.metadata_props[:]
-    provenance = {
-        "lconnx.version": __version__,
-        "lconnx.sites_folded": str(report.folded),
-        "lconnx.tolerance": f"{report.tolerance:g}",
-    }
-    for prop in original.metadata_props:
-        if prop.key not in provenance:
-            result.metadata_props.add(key=prop.key, value=prop.value)
-    for key, value in provenance.items():
-        result.metadata_props.add(key=key, value=value)
-    reinfer(result)
-    return result
-
-
-def _hoist_initializers(result: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Move main-graph initializers back out of the If / Loop / Scan bodies reading them.
-
-    graphsurgeon exports a constant into the graph that uses it, so an outer initializer read
-    only in a body lands in that body (in each body reading it): it would lose its place among
-    the model's inputs, and a caller could no longer override it."""
-    outer = {t.name for t in original.graph.initializer}
-    present = {t.name for t in result.graph.initializer}
-    stack = list(result.graph.node)
-    while stack:
-        node = stack.pop()
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                stack.extend(sub.node)
-                keep = [t for t in sub.initializer if t.name not in outer]
-                for t in sub.initializer:
-                    if t.name in outer and t.name not in present:
-                        result.graph.initializer.append(t)
-                        present.add(t.name)
-                if len(keep) != len(sub.initializer):
-                    del sub.initializer[:]
-                    sub.initializer.extend(keep)
-
-
-def _restore_inputs(result: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Keep the original input list: graphsurgeon drops initializers declared as inputs."""
-    present = {vi.name for vi in result.graph.input} | {t.name for t in result.graph.initializer}
-    inputs = [vi for vi in original.graph.input if vi.name in present]
-    del result.graph.input[:]
-    result.graph.input.extend(inputs)
-
-
-def parameter_count(model: onnx.ModelProto) -> int:
-    """Elements in initializers and Constant-node tensors of the main graph."""
-    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    total += int(np.prod(attr.t.dims))
-    return total

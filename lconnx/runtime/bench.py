@@ -179,8 +179,8 @@ class _Entry:
 
 
 def _load(model: ModelLike, name: str) -> _Entry:
+    from lconnx.graph.model import parameter_count
     from lconnx.io import PROTO_LIMIT_BYTES, load_model, model_data_bytes
-    from lconnx.passes.whole_block import parameter_count
 
     source: ModelLike
     if isinstance(model, onnx.ModelProto):
