@@ -67,7 +67,8 @@ import lconnx  # noqa: E402
 from lconnx.graph.flops import count_flops  # noqa: E402
 from lconnx.graph.model import parameter_count  # noqa: E402
 from lconnx.io import save_model  # noqa: E402
-from lconnx.runtime.bench import benchmark, machine_info  # noqa: E402
+from lconnx.runtime.bench import benchmark  # noqa: E402
+from lconnx.runtime.machine import machine_info  # noqa: E402
 from lconnx.runtime.session import make_session  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import run_measured  # noqa: E402
 
-from lconnx.runtime.bench import cpu_model, ram_bytes  # noqa: E402
+from lconnx.runtime.machine import cpu_model, ram_bytes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OPSET = 17
