@@ -116,11 +116,19 @@ def test_merged_affine_matches_the_formula():
     )
     import onnx_graphsurgeon as gs
 
-    from lconnx.passes.chains import GraphFacts, find_chains, index_linears
+    from lconnx.passes.chains import (
+        GraphFacts,
+        decide,
+        find_chains,
+        index_linears,
+        whole_block_rules,
+    )
 
     graph = gs.import_onnx(m)
     facts = GraphFacts.of(graph, {"x"})
-    (chain,) = find_chains(index_linears(graph, facts), facts, 0.05, False)
+    (chain,) = decide(
+        find_chains(index_linears(graph, facts), facts), facts, whole_block_rules(0.05, False)
+    )
     weight, bias = merged_affine(chain)
     w1d, w2d = w1.astype(np.float64) * 2.0, w2.astype(np.float64).T
     np.testing.assert_allclose(weight, w1d @ w2d, rtol=1e-12)

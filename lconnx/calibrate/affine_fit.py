@@ -23,8 +23,20 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from lconnx.errors import LconnxError, UsageError, first_line
-from lconnx.graph.tensors import FLOAT_TYPES, const_ref, elem_type_name
-from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears, pair_problem
+from lconnx.graph.tensors import const_ref
+from lconnx.passes.chains import (
+    Chain,
+    GraphFacts,
+    Rule,
+    decide,
+    find_chains,
+    float_dtype,
+    index_linears,
+    inner_dims_agree,
+    linears_are_constant,
+    linears_multiply,
+    profitable,
+)
 from lconnx.passes.fold import Names, fold_round, non_overlapping
 from lconnx.passes.linear import Rejection
 from lconnx.passes.middle import Affine, match_middle
@@ -123,41 +135,53 @@ def _op_label(node: gs.Node, facts: GraphFacts) -> str:
     return node.op
 
 
-def structural_problem(chain: Chain, facts: GraphFacts) -> str | None:
-    """The safety rules of ``lconnx.passes.chains`` restated for a multi-node middle: a composite
-    reads its input more than once, so "one consumer" becomes "consumers inside the chain"."""
+def hidden_tensors_inside_block(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """A multi-node activation reads its input more than once, so the whole-block rule "one
+    consumer" becomes "consumers inside the chain"."""
     first, second = chain.first, chain.second
-    if first.problem or second.problem:
-        return first.problem or second.problem
-    if first.elem_type not in FLOAT_TYPES:
-        return f"dtype {elem_type_name(first.elem_type)} is not supported"
-    pair = pair_problem(first, second)
-    if pair is not None:
-        return pair
-    h = chain.cost.hidden
-    if first.shape[1] != second.shape[0]:
-        return f"inner dimensions differ: {first.shape[1]} vs {second.shape[0]}"
     members = {id(n) for n in chain.nodes}
-    inside = {id(first.y)} | {id(t) for n in chain.middle for t in n.outputs}
     private = [*first.inner, first.y, *(t for n in chain.middle for t in n.outputs), *second.inner]
     for tensor in private:
         if tensor.name in facts.outputs:
-            return f"hidden tensor '{tensor.name}' is a graph output"
+            return Rejection(f"hidden tensor '{tensor.name}' is a graph output")
         if tensor.name in facts.subgraph_refs:
-            return f"hidden tensor '{tensor.name}' is read inside a subgraph"
+            return Rejection(f"hidden tensor '{tensor.name}' is read inside a subgraph")
         if any(id(c) not in members for c in tensor.outputs):
-            return f"hidden tensor '{tensor.name}' is read outside the block"
+            return Rejection(f"hidden tensor '{tensor.name}' is read outside the block")
+    return None
+
+
+def middle_constants_per_unit(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """Every constant a middle op reads holds one value, or one per hidden unit."""
+    inside = {id(chain.first.y)} | {id(t) for n in chain.middle for t in n.outputs}
+    h = chain.cost.hidden
     for node in chain.middle:
         for tensor in node.inputs:
             if not tensor.name or id(tensor) in inside:
                 continue
             ref = const_ref(tensor, facts.inputs)
             if ref is None:
-                return f"{node.op} reads '{tensor.name}', which is not a constant"
+                return Rejection(f"{node.op} reads '{tensor.name}', which is not a constant")
             shape = ref.shape
             if any(d != 1 for d in shape[:-1]) or (shape and shape[-1] not in (1, h)):
-                return f"{node.op} constant of shape {list(shape)} is not per hidden unit"
+                return Rejection(
+                    f"{node.op} constant of shape {list(shape)} is not per hidden unit"
+                )
     return None
+
+
+def fit_rules(allow_growth: bool) -> tuple[Rule, ...]:
+    """The fitted pass's rules: the shared checks on the two linears, its own on the region
+    between them (any number of nodes, each per hidden unit), and the profit rule."""
+    return (
+        linears_are_constant,
+        float_dtype,
+        linears_multiply,
+        inner_dims_agree,
+        hidden_tensors_inside_block,
+        middle_constants_per_unit,
+        profitable(allow_growth),
+    )
 
 
 def fit_candidates(
@@ -169,7 +193,8 @@ def fit_candidates(
     candidates: list[FitSite] = []
     reasons: dict[tuple[str, str], str] = {}
     seen: set[tuple[str, str]] = set()
-    for chain in find_chains(linears, facts, tolerance=0.0, allow_growth=True):
+    rules = fit_rules(allow_growth)
+    for chain in find_chains(linears, facts):
         if chain.key in seen:
             continue
         seen.add(chain.key)
@@ -177,12 +202,9 @@ def fit_candidates(
         if isinstance(label, Rejection):
             reasons[chain.key] = label.reason
             continue
-        problem = structural_problem(chain, facts)
-        if problem is None and not (chain.cost.profitable or allow_growth):
-            cost = chain.cost
-            problem = f"not profitable: {cost.matrix_before:,} → {cost.matrix_after:,} weights"
-        if problem is not None:
-            reasons[chain.key] = problem
+        decide([chain], facts, rules)
+        if chain.rejection is not None:
+            reasons[chain.key] = chain.rejection
             continue
         candidates.append(FitSite(chain, label))
     return candidates, reasons

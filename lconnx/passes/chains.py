@@ -10,7 +10,7 @@ Safety rules, each with its own rejection message:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,15 +113,39 @@ def index_linears(graph: gs.Graph, facts: GraphFacts, convs: bool = False) -> di
     return found
 
 
-def find_chains(
-    linears: dict[int, Linear], facts: GraphFacts, tolerance: float, allow_growth: bool
-) -> list[Chain]:
-    """All candidate chains starting at each linear, each with its decision."""
+def find_chains(linears: dict[int, Linear], facts: GraphFacts) -> list[Chain]:
+    """Every ``Linear → middle ops → Linear`` path, undecided: ``decide`` judges them."""
     chains: list[Chain] = []
     for first in linears.values():
         for middle, composites, second in _paths(first, linears, facts):
-            chain = _decide(first, middle, second, facts, tolerance, allow_growth, composites)
+            k, h = first.shape
+            cost = ChainCost(k, h, second.shape[1], first.bias is not None, second.bias is not None)
+            chain = Chain(first, middle, [], second, cost, elem_type_name(first.elem_type))
+            chain.composites = composites
+            chain.hidden = [
+                *first.inner,
+                first.y,
+                *(node.outputs[0] for node in middle),
+                *second.inner,
+            ]
             chains.append(chain)
+    return chains
+
+
+#: A safety rule: why ``chain`` may not fold, or None. Rules run in order; the first
+#: rejection is the site's reason, in the user's report.
+Rule = Callable[[Chain, GraphFacts], Rejection | None]
+
+
+def decide(chains: list[Chain], facts: GraphFacts, rules: Sequence[Rule]) -> list[Chain]:
+    """Set each chain's ``rejection`` (None: it may fold) from the first rule that fails."""
+    for chain in chains:
+        chain.rejection = None
+        for rule in rules:
+            rejection = rule(chain, facts)
+            if rejection is not None:
+                chain.rejection = rejection.reason
+                break
     return chains
 
 
@@ -152,85 +176,142 @@ def _paths(first: Linear, linears: dict[int, Linear], facts: GraphFacts) -> Iter
                 stack.append((consumer.outputs[0], [*middle, consumer], composites))
 
 
-def _decide(
-    first: Linear,
-    middle: list[gs.Node],
-    second: Linear,
-    facts: GraphFacts,
-    tolerance: float,
-    allow_growth: bool,
-    composites: list[Composite],
-) -> Chain:
-    k, h = first.shape
-    h2, n = second.shape
-    cost = ChainCost(k, h, n, first.bias is not None, second.bias is not None)
-    chain = Chain(first, middle, [], second, cost, elem_type_name(first.elem_type))
-    chain.composites = composites
-    hidden = [*first.inner, first.y, *(node.outputs[0] for node in middle), *second.inner]
-    chain.hidden = hidden
-    chain.rejection = _first_problem(chain, facts, tolerance, h2)
-    if chain.rejection is None:
-        affine_params = (
-            sum(len(node.inputs) - 1 for node in middle if node.op == "BatchNormalization") * h
-        )
-        chain.cost = ChainCost(k, h, n, cost.bias_in, cost.bias_out, affine_params)
-        if not (cost.profitable or allow_growth):
-            chain.rejection = (
-                f"not profitable: {cost.matrix_before:,} → {cost.matrix_after:,} weights"
-            )
-    return chain
+def linears_are_constant(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """Both weights (and biases) are constants, not runtime values."""
+    problem = chain.first.problem or chain.second.problem
+    return Rejection(problem) if problem else None
 
 
-def _first_problem(chain: Chain, facts: GraphFacts, tolerance: float, h2: int) -> str | None:
-    first, second = chain.first, chain.second
-    if first.problem or second.problem:
-        return first.problem or second.problem
-    if chain.composites:
-        return chain.composites[0].reason
-    if first.elem_type not in FLOAT_TYPES:
-        return f"dtype {elem_type_name(first.elem_type)} is not supported"
-    activation = _elem_type_of(first.x)
-    if activation is not None and activation != first.elem_type:
-        return (
+def no_multi_node_activation(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """A GELU / SiLU region between the linears is not an identity (the fitted pass may fit it)."""
+    return Rejection(chain.composites[0].reason) if chain.composites else None
+
+
+def float_dtype(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    if chain.first.elem_type not in FLOAT_TYPES:
+        return Rejection(f"dtype {elem_type_name(chain.first.elem_type)} is not supported")
+    return None
+
+
+def input_matches_weight_dtype(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    activation = _elem_type_of(chain.first.x)
+    if activation is not None and activation != chain.first.elem_type:
+        return Rejection(
             f"dtype mismatch: input {elem_type_name(activation)} vs weight "
-            f"{elem_type_name(first.elem_type)}"
+            f"{elem_type_name(chain.first.elem_type)}"
         )
-    pair = pair_problem(first, second)
-    if pair is not None:
-        return pair
-    if first.shape[1] != h2:
-        return f"inner dimensions differ: {first.shape[1]} vs {h2}"
+    return None
+
+
+def linears_multiply(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """Same dtype, feature axis and spatial rank; the second does not mix rows."""
+    problem = pair_problem(chain.first, chain.second)
+    return Rejection(problem) if problem else None
+
+
+def inner_dims_agree(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    width, other = chain.first.shape[1], chain.second.shape[0]
+    if width != other:
+        return Rejection(f"inner dimensions differ: {width} vs {other}")
+    return None
+
+
+def hidden_tensors_private(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """No hidden tensor is a graph output, read in a subgraph or read outside the chain;
+    a ``Shape`` reading only leading dims is rewired instead (``shape_readers``)."""
+    first = chain.first
     inside = {id(node) for node in chain.nodes}
     outside = input_side(first.x)
+    chain.rewires = []
     for tensor in chain.hidden:
         problem = _sharing_problem(tensor, facts)
-        if problem:
-            readers = [n for n in tensor.outputs if id(n) not in inside]
-            # Shape readers are rewired by their leading dims: sound on the last feature axis only
-            last_axis = first.feature_axis == -1
-            plan = (
-                rewires_for(tensor, readers, outside, facts.inputs)
-                if readers and last_axis
-                else None
-            )
-            if plan is None or tensor.name in facts.outputs | facts.subgraph_refs:
-                return problem
-            chain.rewires.extend(plan)
+        if not problem:
+            continue
+        readers = [n for n in tensor.outputs if id(n) not in inside]
+        # Shape readers are rewired by their leading dims: sound on the last feature axis only
+        last_axis = first.feature_axis == -1
+        plan = (
+            rewires_for(tensor, readers, outside, facts.inputs) if readers and last_axis else None
+        )
+        if plan is None or tensor.name in facts.outputs | facts.subgraph_refs:
+            return Rejection(problem, tuple(n.name for n in readers))
+        chain.rewires.extend(plan)
+    return None
+
+
+def extra_outputs_unused(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """A middle op's second output (Dropout's mask, BatchNormalization's stats) is unread."""
     for node in chain.middle:
         for extra in node.outputs[1:]:
             if extra.outputs or extra.name in facts.outputs or extra.name in facts.subgraph_refs:
-                return f"{node.op} output '{extra.name}' is used"
-    reshaped = any(node.op == "Reshape" for node in chain.middle)
-    if reshaped and first.feature_axis == -1 and not _same_rows(first, second):
-        return "Reshape between the linears changes the row layout"
-    for node in chain.middle:
-        match = match_middle(node, tolerance, facts.inputs, h2, first.feature_axis)
-        if isinstance(match, Rejection):
-            return match.reason
-        chain.maps.append(match)
-        if match.slope_deviation is not None:
-            chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
+                return Rejection(f"{node.op} output '{extra.name}' is used", (node.name,))
     return None
+
+
+def rows_kept(chain: Chain, facts: GraphFacts) -> Rejection | None:
+    """A Reshape between the linears only regroups rows."""
+    reshaped = any(node.op == "Reshape" for node in chain.middle)
+    if reshaped and chain.first.feature_axis == -1 and not _same_rows(chain.first, chain.second):
+        return Rejection("Reshape between the linears changes the row layout")
+    return None
+
+
+#: The rules on a chain's structure, shared by the whole-block and partial passes.
+STRUCTURE: tuple[Rule, ...] = (
+    linears_are_constant,
+    no_multi_node_activation,
+    float_dtype,
+    input_matches_weight_dtype,
+    linears_multiply,
+    inner_dims_agree,
+    hidden_tensors_private,
+    extra_outputs_unused,
+    rows_kept,
+)
+
+
+def middles_affine(tolerance: float | None) -> Rule:
+    """Every middle op is a per-feature affine map, and each activation's slopes are within
+    ``tolerance`` of 1 (None: slopes are read, not judged: the partial pass judges units).
+    Fills ``chain.maps`` and the cost of a folded BatchNormalization."""
+
+    def middles_are_affine(chain: Chain, facts: GraphFacts) -> Rejection | None:
+        first, width = chain.first, chain.second.shape[0]
+        chain.maps, chain.slope_deviation = [], None
+        for node in chain.middle:
+            match = match_middle(node, tolerance, facts.inputs, width, first.feature_axis)
+            if isinstance(match, Rejection):
+                return Rejection(match.reason, (node.name,))
+            chain.maps.append(match)
+            if match.slope_deviation is not None:
+                chain.slope_deviation = max(chain.slope_deviation or 0.0, match.slope_deviation)
+        norms = sum(
+            len(node.inputs) - 1 for node in chain.middle if node.op == "BatchNormalization"
+        )
+        cost = chain.cost
+        chain.cost = ChainCost(
+            cost.d_in, cost.hidden, cost.d_out, cost.bias_in, cost.bias_out, norms * cost.hidden
+        )
+        return None
+
+    return middles_are_affine
+
+
+def profitable(allow_growth: bool) -> Rule:
+    """The merged GEMM costs no more than the two it replaces (``--allow-growth``: any)."""
+
+    def merged_is_smaller(chain: Chain, facts: GraphFacts) -> Rejection | None:
+        cost = chain.cost
+        if cost.profitable or allow_growth:
+            return None
+        return Rejection(f"not profitable: {cost.matrix_before:,} → {cost.matrix_after:,} weights")
+
+    return merged_is_smaller
+
+
+def whole_block_rules(tolerance: float, allow_growth: bool) -> tuple[Rule, ...]:
+    """LayerCollapse: the structure, identity middles within ``tolerance``, the profit rule."""
+    return (*STRUCTURE, middles_affine(tolerance), profitable(allow_growth))
 
 
 def pair_problem(first: Linear, second: Linear) -> str | None:

@@ -21,9 +21,11 @@ from lconnx.graph.tensors import ConstRef, InputRef, const_ref, input_ref
 
 @dataclass(frozen=True)
 class Rejection:
-    """A match that failed, with a reason a user can act on."""
+    """Why something may not fold: a reason a user can act on (it reaches the report as is)
+    and, where one can be named, the nodes it concerns."""
 
     reason: str
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass

@@ -36,7 +36,11 @@ class Affine:
 
 
 def match_middle(
-    node: gs.Node, tolerance: float, graph_inputs: set[str], width: int, feature_axis: int = -1
+    node: gs.Node,
+    tolerance: float | None,
+    graph_inputs: set[str],
+    width: int,
+    feature_axis: int = -1,
 ) -> Affine | Rejection:
     """Describe ``node`` as an affine map on ``width`` features along ``feature_axis`` (-1: the
     last axis, 1: channels of ``[N, C, *spatial]``), or say why not."""
@@ -82,12 +86,13 @@ def slope_values(tensor: gs.Tensor, graph_inputs: set[str]) -> np.ndarray | None
     return None
 
 
-def _slope_check(slope: np.ndarray, tolerance: float) -> Affine | Rejection:
+def _slope_check(slope: np.ndarray, tolerance: float | None) -> Affine | Rejection:
+    """``tolerance`` None: the slopes are read (and must be finite), not judged."""
     deviation = np.abs(slope - 1.0)
     worst = float(slope.reshape(-1)[int(np.argmax(deviation))]) if slope.size else 1.0
     max_dev = float(deviation.max()) if slope.size else 0.0
-    if not np.isfinite(max_dev) or max_dev > tolerance:
-        return Rejection(f"slope {worst:.4g} beyond tolerance {tolerance:g}")
+    if not np.isfinite(max_dev) or (tolerance is not None and max_dev > tolerance):
+        return Rejection(f"slope {worst:.4g} beyond tolerance {tolerance or 0:g}")
     return Affine(slope_deviation=max_dev, worst_slope=worst)
 
 

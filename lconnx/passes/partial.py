@@ -17,7 +17,6 @@ beyond tolerance; every such site either folds partially or says why not.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +24,23 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from lconnx.graph.tensors import const_ref, make_constant
-from lconnx.passes.chains import Chain, GraphFacts, find_chains, index_linears
+from lconnx.passes.chains import (
+    STRUCTURE,
+    Chain,
+    GraphFacts,
+    Rule,
+    decide,
+    find_chains,
+    index_linears,
+    middles_affine,
+)
 from lconnx.passes.fold import Names, base_name, detach, orphaned_producers, splice
 from lconnx.passes.middle import compose, slope_values
 from lconnx.passes.report import Site
 
 SUFFIX = "/lconnx_partial"
+#: The partial pass's rules: the structure, middles read as affine maps (slopes unjudged).
+PARTIAL_RULES: tuple[Rule, ...] = (*STRUCTURE, middles_affine(None))
 _SLOPE_OPS = ("PRelu", "LeakyRelu")
 #: Per-unit affine (or identity) ops that may sit around the activation.
 _AFFINE_OPS = ("Identity", "Dropout", "BatchNormalization")
@@ -96,9 +106,10 @@ def collapse_partially(
 ) -> None:
     """Fold partially every site the whole-block rounds skipped for a slope beyond tolerance.
 
-    Sites are found again with an infinite tolerance: a chain that then passes every safety
-    rule was skipped only for its slope (or for profit), so the partial rule may look at it."""
-    chains = find_chains(index_linears(graph, facts), facts, math.inf, allow_growth=True)
+    The chains the rounds left are judged on their structure, with slopes read but not judged
+    (``PARTIAL_RULES``): one that passes was skipped only for its slopes (or for profit), so
+    the partial rule may look at it."""
+    chains = decide(find_chains(index_linears(graph, facts), facts), facts, PARTIAL_RULES)
     plans: list[_Plan] = []
     for chain in chains:
         site = sites.get(chain.key)

@@ -21,7 +21,7 @@ from lconnx.graph.model import export_graph, import_graph, parameter_count
 from lconnx.graph.subgraphs import node_subgraphs
 from lconnx.io import check_in_memory, check_proto, load_model
 from lconnx.memory import release_garbage
-from lconnx.passes.chains import GraphFacts, find_chains, index_linears
+from lconnx.passes.chains import GraphFacts, decide, find_chains, index_linears, whole_block_rules
 from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names, fold_round, non_overlapping, overflow_rejection
 from lconnx.passes.partial import collapse_partially
@@ -164,9 +164,10 @@ def _run_rounds(
     progress: Callable[[str], None] | None = None,
 ) -> None:
     protected = facts.outputs | facts.subgraph_refs
+    rules = whole_block_rules(tolerance, allow_growth)
     for round_number in range(1, MAX_ROUNDS + 1):
         linears = index_linears(graph, facts, convs=True)
-        chains = find_chains(linears, facts, tolerance, allow_growth)
+        chains = decide(find_chains(linears, facts), facts, rules)
         for chain in chains:
             sites[chain.key] = site_of(chain, folded=False)
         for chain in chains:
