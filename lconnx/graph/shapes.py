@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx
 import onnx_graphsurgeon as gs
-from onnx.external_data_helper import _get_all_tensors
 
+from lconnx.files.external_data import tensors_of
 from lconnx.graph.subgraphs import nested_graphs
 
 #: Tensors smaller than this keep their data: shape ops (Reshape, Expand…) read such values.
@@ -44,7 +44,7 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         functions=model.functions,
         graph=light,
     )
-    for tensor in _get_all_tensors(copy):  # Constant nodes, subgraphs: already copies here
+    for tensor in tensors_of(copy):  # Constant nodes, subgraphs: already copies here
         if len(tensor.raw_data) > _KEEP_BYTES:
             tensor.ClearField("raw_data")
     return copy
