@@ -3,7 +3,7 @@ onnxruntime (onnx.reference where onnxruntime lacks the kernel).
 
     python benchmarks/fuzz.py [--examples 10000] [--chunks 5] [--seed 1]
 
-Each chunk runs ``tests/test_property.py::test_collapse_random_chains`` with its own
+Each chunk runs ``tests/passes/test_property.py::test_collapse_random_chains`` with its own
 reproducible hypothesis seed; every generated graph must pass ``onnx.checker`` (full),
 keep its interface, fold exactly the foldable chains, and agree numerically with the
 original and with a float64 evaluation of the spec. Any failure is a mismatch: hypothesis
@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST = "tests/test_property.py::test_collapse_random_chains"
+TEST = "tests/passes/test_property.py::test_collapse_random_chains"
 #: "      * 27.59%, opset=11" lines of --hypothesis-show-statistics
 EVENT = re.compile(r"^\s+\* (\d+(?:\.\d+)?)%, (.+)$")
 #: "    - 50 passing, 0 failing, and 8 invalid test cases"

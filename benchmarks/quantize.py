@@ -529,7 +529,7 @@ def markdown(results: list[dict], payload: dict) -> str:
             f"{r['order_check']['identical']}"
             for r in results
         )
-        + ". Collapse first, then quantize (tests/test_quantize.py checks both).",
+        + ". Collapse first, then quantize (tests/runtime/test_quantize.py checks both).",
         "",
     ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from graphs import linear_count, run
 
 import lconnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 from synthetic import transformer_mlp_model  # noqa: E402
 
 SHAPE = [2, 7, 32]

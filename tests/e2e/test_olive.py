@@ -11,7 +11,7 @@ import pytest
 from graphs import linear_count, run
 from hostile import save_external, wide_mlp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from lc_hf_zoo import import_vision  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def test_the_readme_example_runs_as_written(tmp_path, olive_run, monkeypatch):
     """The README's Olive block, executed verbatim next to a model.onnx."""
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (block,) = [
         body
         for body in re.findall(r"```python\n(.*?)```", readme, re.S)

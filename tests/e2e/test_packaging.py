@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_the_sdist_tests_collect_and_run(unpacked):
     )
     assert collect.returncode == 0, collect.stdout[-2000:] + collect.stderr[-2000:]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_io.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/files/test_io.py"],
         cwd=unpacked,
         env=env,
         capture_output=True,

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from models import architectures as arch  # noqa: E402
 from models import minilm  # noqa: E402

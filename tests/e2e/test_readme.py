@@ -21,14 +21,14 @@ import onnx
 import pytest
 from graphs import mlp_gemm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 #: Blocks run by other tests, by their first line: the test that runs each.
 RUN_ELSEWHERE = {
     "import torch": "tests/training/test_deadline_readme.py",
     "from lconnx.training import export_onnx": "tests/training/test_hf_trainer.py",
-    "make demo   # set up, build an example model, analyze it, optimize + verify it (writes out/)": "tests/test_demo.py",  # noqa: E501
-    "import lconnx.integrations.olive  # registers the LayerCollapse surgeon": "tests/test_olive.py",  # noqa: E501
+    "make demo   # set up, build an example model, analyze it, optimize + verify it (writes out/)": "tests/e2e/test_demo.py",  # noqa: E501
+    "import lconnx.integrations.olive  # registers the LayerCollapse surgeon": "tests/e2e/test_olive.py",  # noqa: E501
 }
 
 

@@ -18,7 +18,7 @@ from graphs import run
 
 import lconnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from pathological import (  # noqa: E402
     BLOCK_NODES_AFTER,
     write_chain,

@@ -12,7 +12,7 @@ import yaml
 from graphs import mlp_gemm
 from hostile import lconnx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _steps(workflow: Path) -> list[dict]:
