@@ -29,7 +29,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             partial=args.partial,
             progress=progress.update,
         )
-    console(args.json).print(render_table(report, title=f"lconnx analyze {args.input}"))
+    out = console(args.json)
+    out.print(render_table(report, title=f"lconnx analyze {args.input}", width=out.width))
     verdict, code, failure = "analyzed", 0, None
     try:
         check_required_folds(args.require_folded, report.folded, len(report.sites))

@@ -103,7 +103,7 @@ def _optimize_file(
                 partial=args.partial,
                 progress=progress.update,
             )
-    out.print(render_table(result.report, title=f"lconnx optimize {args.input}"))
+    out.print(render_table(result.report, title=f"lconnx optimize {args.input}", width=out.width))
     if result.report.budget is not None:
         from lconnx.render.budget import render_curve
 

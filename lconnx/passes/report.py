@@ -159,9 +159,16 @@ def compact(n: int) -> str:
     return str(n)
 
 
-def render_table(report: Report, title: str = "lconnx", max_rows: int = MAX_TABLE_ROWS) -> Any:
+def render_table(
+    report: Report,
+    title: str = "lconnx",
+    max_rows: int = MAX_TABLE_ROWS,
+    width: int = TABLE_WIDTH,
+) -> Any:
     """A rich renderable: one row per site (the first ``max_rows``), then each skipped site's
-    reason on its own line (reasons are long; a table column would wrap them unreadably)."""
+    reason on its own line (reasons are long; a table column would wrap them unreadably).
+    ``width``: the terminal's; node names and op chains use what it has beyond the numbers,
+    which stay whole down to 100 columns."""
     from rich import box
     from rich.console import Group
     from rich.table import Table
@@ -201,7 +208,7 @@ def render_table(report: Report, title: str = "lconnx", max_rows: int = MAX_TABL
         max([len(header), *(len(row[col]) for row in rows)]) for col, header in enumerate(headers)
     ]
     numbers = sum(w for h, w in zip(headers, widths, strict=True) if h not in TEXT_COLUMNS)
-    room = max(16, TABLE_WIDTH - numbers - 3 * len(headers))  # padding 1 + divider + 1
+    room = max(16, max(width, TABLE_WIDTH) - numbers - 3 * len(headers))  # pad 1 + divider + 1
     name_width = max(8, min(widths[1], room * 3 // 5))
     text_widths = {"first node": name_width, "chain": max(8, room - name_width)}
     for header, width in zip(headers, widths, strict=True):
