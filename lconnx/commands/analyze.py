@@ -42,7 +42,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             report.to_dict(),
             verdict=verdict,
             exit_code=code,
-            input_files=model_files(args.input),
+            input_files=model_files(args.input, plan.input_data),
             output_files=None,
             timings=timings,
             settings={"require_folded": args.require_folded},

@@ -81,13 +81,12 @@ def _optimize_file(
     plan.check()  # paths alone, before the input is even parsed
     recording = bool(args.report or args.json or args.markdown)
     timings, progress = Timings(), PhaseProgress()
-    if recording:
-        with progress.phase("hashing the input"):
-            input_files = model_files(args.input)
-    else:
-        input_files = None
     with timings.phase("load"), progress.phase(f"loading {args.input}"):
         model, external = load_model(args.input, before_reading=plan.reading_data_of_input)
+    input_files = None
+    if recording:
+        with progress.phase("hashing the input"):
+            input_files = model_files(args.input, plan.input_data)
     out = console(args.json)
     data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
     with timings.phase("pass"), progress.phase("folding"):
@@ -126,7 +125,8 @@ def _optimize_file(
             save_model(
                 result.model, args.output, external=external, check=True, keep=plan.input_data
             )
-    output_files = model_files(args.output) if recording and failure is None else None
+    output_data = lconnx_data_files(Path(args.output)) if failure is None else set()
+    output_files = model_files(args.output, output_data) if recording and failure is None else None
     if recording:
         _write_records(args, result, verification, failure, input_files, output_files, timings)
     if failure is not None:
@@ -134,7 +134,7 @@ def _optimize_file(
     ops_after = Counter(n.op_type for n in result.model.graph.node)
     sizes = (
         files_bytes([Path(args.input), *plan.input_data]),
-        files_bytes([Path(args.output), *lconnx_data_files(Path(args.output))]),
+        files_bytes([Path(args.output), *output_data]),
     )
     out.print(_summary(ops_before, ops_after, sizes, args.output))
     return 0

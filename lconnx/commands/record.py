@@ -11,7 +11,7 @@ import hashlib
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -44,19 +44,17 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def model_files(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A model file and the external-data files it names, each with its size and sha256."""
-    from lconnx.io import external_data_paths, parse_model
-
+def model_files(path: str | os.PathLike[str], data: Iterable[Path]) -> dict[str, Any]:
+    """A model file and its external-data files (as the load or the save found them, so
+    nothing is parsed again), each with its size and sha256."""
     model = Path(path)
-    data = sorted(external_data_paths(parse_model(model), model))
     return {
         "path": os.fsdecode(model),
         "bytes": model.stat().st_size,
         "sha256": sha256_of(model),
         "data_files": [
             {"path": os.fsdecode(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)}
-            for p in data
+            for p in sorted(data)
         ],
     }
 
