@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from lconnx.errors import LconnxError, ModelLoadError, OutputPathError, first_line
 from lconnx.files import external_data as ext
+from lconnx.files.outputs import file_identity
 from lconnx.files.signals import deferred_signals
 
 #: Protobuf cannot serialise a message over 2 GiB; stay clear of it with some headroom.
@@ -133,9 +134,7 @@ def check_proto(model: onnx.ModelProto) -> None:
 def check_text(model: onnx.ModelProto) -> None:
     """Refuse names that are not valid UTF-8: protobuf hands them over as bytes, which no
     tool downstream can compare with a name, and onnx cannot write them back."""
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
+    for graph in ext.graphs_of(model):
         infos = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
         for item in infos:
             if isinstance(item.name, bytes):
@@ -146,10 +145,6 @@ def check_text(model: onnx.ModelProto) -> None:
                     raise ModelLoadError(
                         f"node '{_bytes_shown(node.name)}': {text!r} is not valid UTF-8"
                     )
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
 
 
 def _bytes_shown(text: str | bytes) -> str:
@@ -179,8 +174,7 @@ def _utf8(text: str) -> bool:
 
 def _shown(path: Path) -> str:
     """A path as it can stand in a one-line message (undecodable bytes escaped)."""
-    text = os.fsdecode(path)
-    return text if text.isprintable() else ascii(text)[1:-1]
+    return ext.printable(os.fsdecode(path))
 
 
 def check_in_memory(model: onnx.ModelProto) -> bool:
@@ -304,18 +298,10 @@ def lconnx_data_files(out: Path) -> set[Path]:
 
 
 def _remove_replaced(files: set[Path], keep: Iterable[str | os.PathLike[str]]) -> None:
-    kept = {_identity(Path(k)) for k in keep} - {None}
+    kept = {file_identity(Path(k)) for k in keep} - {None}
     for path in files:
-        if path.is_file() and not path.is_symlink() and _identity(path) not in kept:
+        if path.is_file() and not path.is_symlink() and file_identity(path) not in kept:
             path.unlink(missing_ok=True)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 def _write_durably(path: Path, payload: bytes | str) -> None:

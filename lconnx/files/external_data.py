@@ -48,12 +48,23 @@ class ExternalRef:
     length: int | None
 
 
-def tensors_of(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model: initializers, Constant-style attributes and sparse values,
-    in the main graph and in every subgraph (If / Loop / Scan bodies), without recursion."""
+def graphs_of(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph (If / Loop / Scan bodies), without recursion."""
     graphs = [model.graph]
     while graphs:
         graph = graphs.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def tensors_of(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers, Constant-style attributes and sparse values,
+    in the main graph and in every subgraph."""
+    for graph in graphs_of(model):
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
@@ -63,22 +74,12 @@ def tensors_of(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                 if attr.HasField("t"):
                     yield attr.t
                 yield from attr.tensors
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
 
 
 def initializers_of(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Initializers of the main graph and every subgraph: the tensors that are saved outside."""
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
+    for graph in graphs_of(model):
         yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
 
 
 def is_external(tensor: onnx.TensorProto) -> bool:
@@ -107,7 +108,7 @@ def expected_bytes(tensor: onnx.TensorProto) -> int | None:
 def parse_ref(tensor: onnx.TensorProto) -> ExternalRef:
     """The tensor's external-data entries, checked: a one-line error for every bad value."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
-    name = _printable(tensor.name)
+    name = printable(tensor.name)
     location = entries.get("location", "")
     _check_location_string(name, location)
     offset = _non_negative_int(name, "offset", entries.get("offset", "0"))
@@ -123,7 +124,7 @@ def parse_ref(tensor: onnx.TensorProto) -> ExternalRef:
 
 
 def _check_location_string(name: str, location: str) -> None:
-    shown = _printable(location)
+    shown = printable(location)
     if not location:
         raise UnsafeExternalDataError(f"tensor '{name}': external data has no location")
     if any(ch in location for ch in "\0\n\r") or not location.isprintable():
@@ -146,12 +147,12 @@ def _non_negative_int(name: str, key: str, text: str) -> int:
     value = text.strip()
     if not value.isdigit():
         raise ModelLoadError(
-            f"tensor '{name}': external data {key} '{_printable(text)}' is not a number ≥ 0"
+            f"tensor '{name}': external data {key} '{printable(text)}' is not a number ≥ 0"
         )
     return int(value)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """A name as it can appear in a one-line message (control characters escaped)."""
     return text if text.isprintable() else ascii(text)[1:-1]
 
@@ -160,7 +161,7 @@ def data_file(model_path: Path, ref: ExternalRef) -> Path:
     """The checked file a reference reads, under the symlink rule in the module docstring."""
     folder = model_path.parent
     target = folder / ref.location
-    name, shown = _printable(ref.tensor.name), _printable(ref.location)
+    name, shown = printable(ref.tensor.name), printable(ref.location)
     try:
         resolved = target.resolve(strict=True)
         info = resolved.stat()
@@ -215,7 +216,7 @@ def check_loaded(model: onnx.ModelProto) -> None:
     pending = [t.name for t in tensors_of(model) if is_external(t)]
     if pending:
         raise ModelLoadError(
-            f"{len(pending)} tensor(s), '{_printable(pending[0])}' first, still refer to "
+            f"{len(pending)} tensor(s), '{printable(pending[0])}' first, still refer to "
             "external data that is not loaded: pass the model's path instead"
         )
 

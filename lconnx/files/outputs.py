@@ -59,13 +59,13 @@ class OutputPlan:
 
     def check(self) -> None:
         """Raise OutputPathError for the first unsafe target; write nothing."""
-        read_ids = [(path, role, _identity(path)) for path, role in self.reads]
+        read_ids = [(path, role, file_identity(path)) for path, role in self.reads]
         seen: list[tuple[Target, tuple[int, int] | None]] = []
         models = [t for t in self.writes if t.role == "output model"]
         for target in self.writes:
             _check_kind(target)
             _check_folder(target)
-            ident = _identity(target.path)
+            ident = file_identity(target.path)
             for path, role, read_ident in read_ids:
                 if _same(target.path, ident, path, read_ident):
                     if (target.role, role) == ("output model", "input model"):
@@ -89,7 +89,9 @@ class OutputPlan:
             seen.append((target, ident))
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: equal for every name of one file (hard links,
+    bind mounts, a case-insensitive file system); None when there is no file."""
     try:
         info = path.stat()
     except OSError:
