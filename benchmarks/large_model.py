@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from lconnx.io import external_data_files
+from lconnx.io import external_data_paths, parse_model
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "models")]
@@ -117,8 +117,7 @@ def main() -> None:
         row = build(src, args.layers, args.dim, args.hidden) | optimize(src, dst)
         if "error" not in row:
             row["max_abs_error"] = output_error(src, dst, args.dim)
-            skeleton = onnx.load(str(dst), load_external_data=False)
-            row["output_has_external_data"] = bool(external_data_files(skeleton))
+            row["output_has_external_data"] = bool(external_data_paths(parse_model(dst), dst))
         results["large"] = row
         print(_line(f"{args.layers} layers", row), flush=True)
     finally:

@@ -41,11 +41,6 @@ def external_data_paths(model: onnx.ModelProto, model_path: str | os.PathLike[st
     return set(ext.check_refs(model, Path(model_path)))
 
 
-def external_data_files(model: onnx.ModelProto) -> set[str]:
-    """The external-data locations a model loaded without its data refers to."""
-    return {ext.parse_ref(t).location for t in ext.external_tensors(model)}
-
-
 def load_model(
     path: str | os.PathLike[str],
     before_reading: Callable[[set[Path]], None] | None = None,
