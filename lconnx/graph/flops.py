@@ -18,8 +18,9 @@ What is counted (a FLOP is one multiply or one add, so a multiply-add is 2):
   not known statically). A linear node whose shapes inference cannot make concrete is listed in
   ``FlopCount.uncounted``, so a total is a lower bound exactly when that list is not empty.
 
-Symbolic dims become concrete by fixing the graph inputs' shapes on a copy of the graph that
-carries no weight bytes (the same trick as :mod:`lconnx.graph.shapes`), so models over 2 GB work.
+Symbolic dims become concrete by fixing the graph inputs' shapes and folding the shape
+arithmetic exporters write (:mod:`lconnx.graph.concrete_shapes`), on a copy of the graph that
+carries no weight bytes, so models over 2 GB work.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.graph.shapes import without_weights
+from lconnx.graph.concrete_shapes import concrete_shapes
 
 _UNIT_OPS = (
     "Add Sub Mul Div Pow Sqrt Exp Log Neg Abs Reciprocal Max Min Mean Sum Mod Clip Relu LeakyRelu "
@@ -90,7 +91,7 @@ def count_flops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]
 
     Inputs not named keep their declared dims, with symbolic ones set to 1.
     """
-    shape_of = _concrete_shapes(model, input_shapes)
+    shape_of = concrete_shapes(model, input_shapes).get
     count = FlopCount()
     for i, node in enumerate(model.graph.node):
         label = f"{node.name or f'#{i}'} ({node.op_type})"
@@ -116,54 +117,6 @@ def count_flops(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]
 
 class _Unknown(Exception):
     """A shape the count needs is not known."""
-
-
-def _concrete_shapes(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
-) -> Callable[[str], Shape | None]:
-    """name → concrete shape (None when unknown), after inference with fixed input dims."""
-    skeleton = without_weights(model)  # a light copy: never writes to ``model``
-    initializers = {t.name: list(t.dims) for t in skeleton.graph.initializer}
-    for vi in skeleton.graph.input:
-        if vi.name in initializers:
-            continue
-        ttype = vi.type.tensor_type
-        if vi.name in input_shapes:
-            dims = list(input_shapes[vi.name])
-        elif ttype.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in ttype.shape.dim]
-        else:
-            continue
-        ttype.shape.ClearField("dim")
-        for value in dims:
-            ttype.shape.dim.add().dim_value = int(value)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
-        inferred = skeleton
-    shapes: dict[str, Shape | None] = {}
-    graph = inferred.graph
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        shapes[vi.name] = _dims(vi)
-    shapes.update(initializers)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    shapes[node.output[0]] = list(attr.t.dims)
-    return shapes.get
-
-
-def _dims(vi: onnx.ValueInfoProto) -> Shape | None:
-    ttype = vi.type.tensor_type
-    if not ttype.HasField("shape"):
-        return None
-    dims = []
-    for d in ttype.shape.dim:
-        if not d.HasField("dim_value") or d.dim_value < 0:
-            return None
-        dims.append(int(d.dim_value))
-    return dims
 
 
 def _need(shape_of: Callable[[str], Shape | None], name: str, what: str) -> Shape:
