@@ -20,7 +20,7 @@ from lconnx.cli import main
 from lconnx.errors import LconnxError
 from lconnx.graph.flops import count_flops
 from lconnx.render import bench as bench_report
-from lconnx.runtime import bench, machine
+from lconnx.runtime import bench, bench_timing, machine
 from lconnx.runtime.session import provider_unavailable
 
 CUDA_REASON = provider_unavailable("cuda")
@@ -160,13 +160,13 @@ def test_bench_cli_writes_json_markdown_and_plots(pair, tmp_path, capsys):
 
 def test_benchmark_api_and_interleaving(monkeypatch):
     calls: list[str] = []
-    original_call = bench._CpuRunner.__call__
+    original_call = bench_timing.CpuRunner.__call__
 
     def recording(self):
         calls.append(self.session.get_modelmeta().graph_name)
         return original_call(self)
 
-    monkeypatch.setattr(bench._CpuRunner, "__call__", recording)
+    monkeypatch.setattr(bench_timing.CpuRunner, "__call__", recording)
     a, b = mlp_gemm(), lconnx.collapse(mlp_gemm()).model
     a.graph.name, b.graph.name = "A", "B"
     result = bench.benchmark([a, b], repeat=4, warmup=2, batches=[3])
