@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--warmup", type=_non_negative_int, default=5, help="untimed runs first")
     _add_shape_option(ben, "input shape")
     ben.add_argument(
+        "--data",
+        metavar="D.npz",
+        help="named input arrays to time on instead of random ones (the format of verify "
+        "--data; --batch takes their first samples)",
+    )
+    ben.add_argument(
         "--opt-level",
         choices=["disable", "basic", "extended", "layout", "all"],
         default="all",

@@ -19,6 +19,8 @@ def run_bench(args: argparse.Namespace) -> int:
         plan.read(model, "benchmarked model")
         for data in sorted(external_data_paths(parse_model(model), model)):
             plan.read(data, "external data of a benchmarked model")
+    if args.data:
+        plan.read(args.data, "--data")
     if args.report:
         plan.read(args.report, "--report")
     plan.write(json_file(args.json), "JSON output").write(args.markdown, "Markdown output")
@@ -34,6 +36,7 @@ def run_bench(args: argparse.Namespace) -> int:
         providers=args.provider or ["cpu"],
         batches=args.batch,
         shapes=given_shapes,
+        data=args.data,
         threads=args.threads,
         repeat=args.repeat,
         warmup=args.warmup,

@@ -67,6 +67,11 @@ def machine_line(machine: dict[str, Any]) -> str:
     )
 
 
+def _inputs_text(settings: dict[str, Any]) -> str:
+    """Where the timed inputs came from; records older than ``inputs`` were all random."""
+    return str(settings.get("inputs") or f"random (seed {settings.get('seed')})")
+
+
 def render_bench(result: BenchResult, title: str = "lconnx bench") -> Any:
     """A rich renderable: models, one latency table per (provider, batch), unavailable ones."""
     from rich.console import Group
@@ -130,11 +135,11 @@ def to_markdown(
         f"- **Settings**: {s.get('opt_level')}, {s.get('intra_op_threads')} intra-op threads "
         f"(1 inter-op), idle-thread spinning {'on' if s.get('spinning') else 'off'}, "
         f"{s.get('warmup')} warm-up runs then "
-        f"{s.get('repeat')} timed runs per model, interleaved A B A B; seeded inputs "
-        f"(seed {s.get('seed')}).",
+        f"{s.get('repeat')} timed runs per model, interleaved A B A B; inputs: "
+        f"{_inputs_text(s)}.",
         "- **Speedup** is the median over paired runs of t(first model) / t(model); **ideal** is "
         "FLOPs(first) / FLOPs(model) over the whole graph (MatMul, Gemm, Conv at 2 FLOPs per "
-        "multiply-add, elementwise ops about 1 per element; see `lconnx/flops.py`).",
+        "multiply-add, elementwise ops about 1 per element; see `lconnx/graph/flops.py`).",
         "",
         "## Models",
         "",

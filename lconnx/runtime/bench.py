@@ -6,8 +6,10 @@ How a run is measured:
   with a fixed number of intra-op threads (default: the physical cores this process may use),
   one inter-op thread, and idle-thread spinning off (each session owns a thread pool; spinning
   workers of the model that just ran would take the cores the next one needs);
-* the same seeded inputs for every model (shapes from the graph, ``shapes`` for symbolic dims,
-  ``batch`` for the first dim);
+* the same inputs for every model: seeded random ones (shapes from the graph, ``shapes`` for
+  symbolic dims, ``batch`` for the first dim), or the named arrays of a ``.npz`` (``data``,
+  the format of ``lconnx verify --data``; ``batch`` takes its first samples), for models whose
+  random inputs are not valid;
 * ``warmup`` untimed runs of each model, then ``repeat`` timed runs *interleaved* A B A B …
   (:mod:`lconnx.runtime.bench_timing`);
 * p50 / p90 latency, throughput (samples of the first dim per second at p50), and the speedup
@@ -20,14 +22,24 @@ total FLOPs: what the speedup would be if time were proportional to arithmetic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+
+import numpy as np
 
 from lconnx.errors import LconnxError
 from lconnx.graph.flops import count_flops
 from lconnx.runtime.bench_models import Entry, ModelLike, load_entries
 from lconnx.runtime.bench_record import BenchResult, ModelInfo, Timing, Unavailable
 from lconnx.runtime.bench_timing import Group, progress_display, time_group
-from lconnx.runtime.inputs import input_shapes, input_specs, random_inputs
+from lconnx.runtime.inputs import (
+    DATA_FIXES_SHAPES,
+    data_batch,
+    input_shapes,
+    input_specs,
+    load_data,
+    random_inputs,
+)
 from lconnx.runtime.machine import machine_info, physical_cores
 from lconnx.runtime.session import (
     OPT_LEVELS,
@@ -77,6 +89,7 @@ def benchmark(
     providers: str | Sequence[str] = "cpu",
     batches: Sequence[int] | None = None,
     shapes: dict[str, list[int]] | None = None,
+    data: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     repeat: int = DEFAULT_REPEAT,
     warmup: int = DEFAULT_WARMUP,
@@ -88,9 +101,9 @@ def benchmark(
     """Time ``models`` (paths or in-memory protos) against each other; the first is the base.
 
     ``batches``: one timed group per value, each overriding every input's first dim (where
-    symbolic). ``spinning`` is off by default: each session owns a thread pool, and idle
-    workers of the model that just ran would otherwise spin on the cores the next one needs.
-    A provider that cannot run here (CUDA without
+    symbolic), or taking that many samples of ``data``. ``spinning`` is off by default: each
+    session owns a thread pool, and idle workers of the model that just ran would otherwise
+    spin on the cores the next one needs. A provider that cannot run here (CUDA without
     onnxruntime-gpu or a GPU) ends in ``BenchResult.unavailable`` instead of raising.
     """
     if not models:
@@ -101,12 +114,14 @@ def benchmark(
         raise LconnxError(f"unknown optimisation level '{opt_level}'")
     if threads is not None and threads < 1:
         raise LconnxError("threads must be ≥ 1")
+    if data is not None and shapes:
+        raise LconnxError(DATA_FIXES_SHAPES)
     import_onnxruntime()
     provider_list = expand_providers(providers)
     threads = threads or physical_cores()
     entries = load_entries(models, names)
     _check_same_inputs(entries)
-    groups = _groups(entries, batches, shapes, seed)
+    groups = _groups(entries, batches, shapes, data, seed)
     for entry in entries:
         entry.release()
 
@@ -122,6 +137,7 @@ def benchmark(
             "repeat": repeat,
             "order": "interleaved A B A B per repeat",
             "batches": [g.samples for g in groups],
+            "inputs": str(data) if data is not None else f"random (seed {seed})",
             "shapes": shapes or {},
             "seed": seed,
             **deployable_settings(provider_list, opt_level, threads, spinning),
@@ -173,14 +189,21 @@ def _groups(
     entries: list[Entry],
     batches: Sequence[int] | None,
     shapes: dict[str, list[int]] | None,
+    data: str | os.PathLike[str] | None,
     seed: int,
 ) -> list[Group]:
     """The feeds of each timed group and every model's FLOPs for them."""
     base = entries[0].proto
+    arrays = load_data(data, base)[0] if data is not None else None
     groups = []
     for batch in list(batches) if batches else [None]:
-        dims = input_shapes(base, shapes, batch)
-        feeds = random_inputs(base, shapes, seed=seed, batch=batch)
+        feeds: dict[str, np.ndarray]
+        if arrays is None:
+            dims = input_shapes(base, shapes, batch)
+            feeds = random_inputs(base, shapes, seed=seed, batch=batch)
+        else:
+            feeds = arrays if batch is None else data_batch(arrays, base, batch, str(data))
+            dims = {name: list(array.shape) for name, array in feeds.items()}
         first = next(iter(feeds.values()), None)
         samples = int(first.shape[0]) if first is not None and first.ndim else 1
         groups.append(Group(feeds, dims, samples, [count_flops(e.proto, dims) for e in entries]))

@@ -21,6 +21,8 @@ from lconnx.runtime.int_inputs import integer_ranges
 
 #: Key of the optional class-index array in a ``--data`` archive.
 LABELS_KEY = "labels"
+#: Why ``--shape`` and ``--data`` do not go together.
+DATA_FIXES_SHAPES = "--shape applies to random inputs only; --data fixes the shapes"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -96,15 +98,18 @@ def input_shapes(
         else:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.dims or ()]
         if batch is not None and dims:
-            declared = spec.dims[0] if spec.dims else None
-            if isinstance(declared, int) and declared > 0 and declared != batch:
-                raise LconnxError(
-                    f"input '{spec.name}' has a fixed first dim {declared}; "
-                    f"batch {batch} cannot apply"
-                )
+            _check_batch(spec, batch)
             dims[0] = batch
         resolved[spec.name] = dims
     return resolved
+
+
+def _check_batch(spec: InputSpec, batch: int) -> None:
+    declared = spec.dims[0] if spec.dims else None
+    if isinstance(declared, int) and declared > 0 and declared != batch:
+        raise LconnxError(
+            f"input '{spec.name}' has a fixed first dim {declared}; batch {batch} cannot apply"
+        )
 
 
 def _check_dims(
@@ -242,3 +247,19 @@ def load_data(
             f"{path}: '{LABELS_KEY}' must hold integer class indices, got dtype {labels.dtype}"
         )
     return arrays, labels
+
+
+def data_batch(
+    arrays: dict[str, np.ndarray], model: onnx.ModelProto, batch: int, path: str | os.PathLike[str]
+) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples of every array :func:`load_data` returned for ``model``."""
+    specs = {s.name: s for s in input_specs(model)}
+    out = {}
+    for name, array in arrays.items():
+        _check_batch(specs[name], batch)
+        if len(array) < batch:
+            raise LconnxError(
+                f"{path}: input '{name}' holds {len(array)} samples, batch {batch} needs {batch}"
+            )
+        out[name] = array[:batch]
+    return out
