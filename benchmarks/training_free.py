@@ -51,7 +51,7 @@ from data import load_fashion_mnist, load_vader  # noqa: E402
 from recipe import num_threads, train  # noqa: E402
 
 from lconnx import collapse_with_budget  # noqa: E402
-from lconnx.calibrate.budget import embedding_error  # noqa: E402
+from lconnx.calibrate.measure import embedding_error  # noqa: E402
 from lconnx.render.budget import curve_markdown  # noqa: E402
 from lconnx.runtime.session import make_session  # noqa: E402
 

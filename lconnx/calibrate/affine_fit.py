@@ -186,12 +186,12 @@ def fit_rules(allow_growth: bool) -> tuple[Rule, ...]:
 
 def fit_candidates(
     graph: gs.Graph, facts: GraphFacts, allow_growth: bool = False
-) -> tuple[list[FitSite], dict[tuple[str, str], str]]:
-    """Chains an affine fit could fold (profitable ones only), and why each other chain with an
-    activation cannot: ``(candidates, {key: reason})``."""
+) -> tuple[list[FitSite], list[Chain]]:
+    """Chains an affine fit could fold (profitable ones only), and every other chain, its
+    ``rejection`` saying why not (so the report can): ``(candidates, skipped)``."""
     linears = index_linears(graph, facts)
     candidates: list[FitSite] = []
-    reasons: dict[tuple[str, str], str] = {}
+    skipped: list[Chain] = []
     seen: set[tuple[str, str]] = set()
     rules = fit_rules(allow_growth)
     for chain in find_chains(linears, facts):
@@ -200,14 +200,12 @@ def fit_candidates(
         seen.add(chain.key)
         label = activation_label(chain, facts)
         if isinstance(label, Rejection):
-            reasons[chain.key] = label.reason
+            chain.rejection = label.reason
+        elif decide([chain], facts, rules)[0].rejection is None:
+            candidates.append(FitSite(chain, label))
             continue
-        decide([chain], facts, rules)
-        if chain.rejection is not None:
-            reasons[chain.key] = chain.rejection
-            continue
-        candidates.append(FitSite(chain, label))
-    return candidates, reasons
+        skipped.append(chain)
+    return candidates, skipped
 
 
 # --------------------------------------------------------------------------- fitting

@@ -6,15 +6,8 @@ profitable ``Linear → activation → Linear`` site is a candidate for a per-un
 onnxruntime; they are then tried in order of FLOPs saved per unit of metric lost, one at a
 time, each time re-fitting on the current model and re-measuring the *cumulative* effect,
 and a site that would break the budget is skipped with its reason. Every trial is recorded:
-the curve.
-
-Metrics, both against the original model on the calibration data:
-
-* ``accuracy_drop``: percentage points of top-1 accuracy lost (argmax over the last axis of
-  the label output, default the first output); needs labels.
-* ``embedding_error``: ``mean_i (1 − cos(original_i, collapsed_i))`` where ``i`` runs over
-  samples (axis 0 of an output) and each sample's slice is flattened; the worst output counts.
-  For a sentence-embedding model this is one minus the mean cosine similarity of embeddings.
+the curve. The metrics (``accuracy_drop``, ``embedding_error``) are defined in
+``lconnx.calibrate.measure``.
 """
 
 from __future__ import annotations
@@ -28,134 +21,25 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lconnx.calibrate.affine_fit import (
-    FitSite,
-    UnitFit,
-    batch_slices,
-    calibrate,
-    fit_candidates,
-    fold_fitted,
+from lconnx.calibrate.affine_fit import FitSite, UnitFit, calibrate, fit_candidates, fold_fitted
+from lconnx.calibrate.measure import (
+    ACCURACY,
+    DEFINITIONS,
+    EMBEDDING,
+    Evaluator,
+    Feeds,
+    Measurement,
 )
 from lconnx.errors import LconnxError, UnsupportedModelError, first_line
 from lconnx.graph.model import export_graph, import_graph, parameter_count
 from lconnx.io import check_in_memory, check_proto, load_model
-from lconnx.passes.chains import GraphFacts
+from lconnx.passes.chains import Chain, GraphFacts
+from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names
 from lconnx.passes.report import Report, site_of
 from lconnx.passes.whole_block import DEFAULT_TOLERANCE, CollapseResult, collapse
 
-ACCURACY = "accuracy_drop"
-EMBEDDING = "embedding_error"
-DEFINITIONS = {
-    ACCURACY: "top-1 accuracy of the original minus the collapsed model, in percentage points "
-    "(argmax over the last axis of the label output)",
-    EMBEDDING: "mean over samples of 1 − cos(original, collapsed), each sample's slice of an "
-    "output flattened; the worst output counts",
-}
-
-Feeds = dict[str, np.ndarray]
 Key = tuple[str, str]
-
-
-@dataclass
-class Measurement:
-    """One model measured on the calibration data against the original."""
-
-    loss: float  # the budgeted metric
-    embedding_error: float
-    accuracy: float | None  # percent, with labels
-    flops: int  # per sample, at the calibration shapes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "embedding_error": self.embedding_error,
-            "accuracy": self.accuracy,
-            "flops": self.flops,
-        }
-
-
-def embedding_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
-    """Worst output's ``mean_i (1 − cos)`` over samples (axis 0); inf if anything is not
-    finite. Two all-zero slices agree (cos 1); a zero slice against a non-zero one has cos 0."""
-    worst = 0.0
-    for name, ref in reference.items():
-        a = np.asarray(ref, np.float64)
-        b = np.asarray(candidate[name], np.float64)
-        if a.shape != b.shape or not np.all(np.isfinite(b)):
-            return math.inf
-        a = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
-        b = b.reshape(len(b), -1) if b.ndim else b.reshape(1, 1)
-        norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
-        dots = np.sum(a * b, axis=1)
-        cos = np.where(norm > 0, dots / np.where(norm > 0, norm, 1.0), both_zero.astype(float))
-        worst = max(worst, float(np.mean(1.0 - cos)) if len(cos) else 0.0)
-    return worst
-
-
-class Evaluator:
-    """Runs models on the calibration data (in chunks along axis 0) and measures them."""
-
-    def __init__(
-        self,
-        original: onnx.ModelProto,
-        feeds: Feeds,
-        labels: np.ndarray | None,
-        metric: str,
-        *,
-        label_output: str | None = None,
-        threads: int | None = None,
-        chunk: int = 64,
-    ) -> None:
-        self.feeds, self.labels, self.metric = feeds, labels, metric
-        self.label_output, self.threads = label_output, threads
-        self.slices = batch_slices(feeds, chunk)
-        self.per_sample = {k: [1, *v.shape[1:]] if v.ndim else [] for k, v in feeds.items()}
-        self.reference = self._run(original)
-        self.accuracy_original = self._accuracy(self.reference) if labels is not None else None
-
-    @property
-    def samples(self) -> int:
-        return self.slices[-1].stop if self.slices[-1].stop is not None else 1
-
-    def _run(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        from lconnx.runtime.session import make_session, run
-
-        session = make_session(model, threads=self.threads)
-        return [run(session, {k: v[s] for k, v in self.feeds.items()}) for s in self.slices]
-
-    def _accuracy(self, outputs: list[dict[str, np.ndarray]]) -> float:
-        from lconnx.runtime.compare import label_stats
-
-        assert self.labels is not None
-        correct = 0.0
-        for part, s in zip(outputs, self.slices, strict=True):
-            labels = self.labels[s] if len(self.slices) > 1 else self.labels
-            stats = label_stats(part, part, labels, self.label_output)
-            correct += stats.accuracy_original * stats.samples
-        return 100.0 * correct / self.labels.size
-
-    def measure(self, model: onnx.ModelProto) -> Measurement:
-        from lconnx.graph.flops import count_flops
-
-        outputs = self._run(model)
-        errors, weights = [], []
-        for ref, cand in zip(self.reference, outputs, strict=True):
-            errors.append(embedding_error(ref, cand))
-            weights.append(len(next(iter(ref.values()))) if len(self.slices) > 1 else 1)
-        error = float(np.average(errors, weights=weights))
-        accuracy = self._accuracy(outputs) if self.labels is not None else None
-        if self.metric == ACCURACY:
-            assert accuracy is not None and self.accuracy_original is not None
-            loss = self.accuracy_original - accuracy if math.isfinite(error) else math.inf
-        else:
-            loss = error
-        flops = count_flops(model, self.per_sample).total
-        return Measurement(loss, error, accuracy, flops)
-
-
-# --------------------------------------------------------------------------- the greedy pass
 
 
 @dataclass
@@ -234,7 +118,10 @@ def collapse_with_budget(
 
     graph = import_graph(base.model)
     facts = _facts(graph, base.model)
-    sites, _ = fit_candidates(graph, facts)
+    sites, skipped = fit_candidates(graph, facts)
+    if not report.sites and (sites or skipped):  # the table is not empty any more
+        report.notes = [n for n in report.notes if n != no_site_note(graph, facts)]
+    _report_unfit(report, skipped)
     fits = calibrate(base.model, sites, feeds, chunk=chunk, threads=threads)
     candidates: list[_Candidate] = []
     for index, site in enumerate(sites):
@@ -396,6 +283,20 @@ def _update_sites(
             report.sites.append(site)
         else:
             report.sites[index] = site
+
+
+def _report_unfit(report: Report, skipped: list[Chain]) -> None:
+    """Each chain the fit cannot take says why in the report: after the exact pass's reason
+    for the same site, or as a site of its own (one through a fused ``BiasGelu``, one the
+    exact folds made)."""
+    by_nodes = {tuple(s.nodes): s for s in report.sites}
+    for chain in skipped:
+        site = site_of(chain, folded=False)
+        known = by_nodes.get(tuple(site.nodes))
+        if known is None:
+            report.sites.append(site)
+        elif not known.folded and known.reason != site.reason:
+            known.reason = f"{known.reason}; affine fit: {site.reason}"
 
 
 def _set_provenance(model: onnx.ModelProto, report: Report, metric: str, limit: float) -> None:

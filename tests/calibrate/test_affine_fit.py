@@ -137,8 +137,8 @@ LABELS = {
 @pytest.mark.parametrize("kind", list(LABELS))
 def test_each_activation_form_is_recognised(kind):
     graph, facts = _graph(act_mlp(kind))
-    sites, reasons = fit_candidates(graph, facts)
-    assert [s.label for s in sites] == [LABELS[kind]], reasons
+    sites, skipped = fit_candidates(graph, facts)
+    assert [s.label for s in sites] == [LABELS[kind]], [c.rejection for c in skipped]
     site = sites[0]
     assert (site.pre, site.post, site.hidden) == ("z0", "a0", 32)
 
@@ -224,15 +224,17 @@ def test_a_unit_whose_input_never_varies_gets_its_mean():
 
 def test_unprofitable_and_shared_sites_are_not_candidates():
     graph, facts = _graph(act_mlp("Relu", d=8, h=2))  # 8→2→8: merged 8×8 > 8×2 + 2×8
-    sites, reasons = fit_candidates(graph, facts)
-    assert not sites and any(r.startswith("not profitable") for r in reasons.values())
+    sites, skipped = fit_candidates(graph, facts)
+    reasons = [c.rejection for c in skipped]
+    assert not sites and any(r.startswith("not profitable") for r in reasons if r)
 
     m = act_mlp("Relu")
     m.graph.node.append(helper.make_node("Identity", ["z0"], ["tap"], name="tap"))
     m.graph.output.append(helper.make_tensor_value_info("tap", F, None))
     graph, facts = _graph(m)
-    sites, reasons = fit_candidates(graph, facts)
-    assert not sites and "hidden tensor 'z0' is read outside the block" in reasons.values()
+    sites, skipped = fit_candidates(graph, facts)
+    reasons = [c.rejection for c in skipped]
+    assert not sites and "hidden tensor 'z0' is read outside the block" in reasons
 
 
 def test_a_non_activation_middle_is_not_a_candidate():

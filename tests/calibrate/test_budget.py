@@ -11,7 +11,7 @@ from graphs import mlp_matmul, run
 from test_affine_fit import act_mlp
 
 from lconnx import collapse_with_budget
-from lconnx.calibrate.budget import embedding_error
+from lconnx.calibrate.measure import embedding_error
 from lconnx.cli import main
 from lconnx.errors import LconnxError
 from lconnx.render.budget import curve_markdown
