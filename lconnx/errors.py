@@ -1,6 +1,20 @@
-"""Typed errors: library code raises these, only the CLI turns them into messages and exit codes."""
+"""Typed errors: library code raises these, only the CLI turns them into messages and exit codes.
+
+Also the one answer to "why was this not folded", shared by the ONNX pass and the torch side.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why something may not fold: a reason a user can act on (it reaches the report as is)
+    and, where one can be named, the nodes (ONNX) or modules (torch) it concerns."""
+
+    reason: str
+    nodes: tuple[str, ...] = ()
 
 
 class LconnxError(Exception):

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.errors import LconnxError, UsageError, first_line
+from lconnx.errors import LconnxError, Rejection, UsageError, first_line
 from lconnx.graph.tensors import const_ref
 from lconnx.passes.chains import (
     Chain,
@@ -38,7 +38,6 @@ from lconnx.passes.chains import (
     profitable,
 )
 from lconnx.passes.fold import Names, fold_round, non_overlapping
-from lconnx.passes.linear import Rejection
 from lconnx.passes.middle import Affine, match_middle
 
 #: Single-node activations whose per-unit fit is meaningful (each acts per element).

@@ -17,11 +17,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from lconnx.errors import Rejection
 from lconnx.graph.subgraphs import outer_references
 from lconnx.graph.tensors import FLOAT_TYPES, elem_type_name
 from lconnx.passes.activations import Composite, find_composite
 from lconnx.passes.cost import ChainCost
-from lconnx.passes.linear import Linear, Rejection, match_linear
+from lconnx.passes.linear import Linear, match_linear
 from lconnx.passes.middle import MIDDLE_OPS, Affine, match_middle
 from lconnx.passes.shape_readers import Rewire, input_side, rewires_for
 

@@ -16,9 +16,10 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
+from lconnx.errors import Rejection
 from lconnx.passes.activations import find_composite
 from lconnx.passes.chains import KNOWN_NONLINEAR, MAX_MIDDLE, GraphFacts, index_linears
-from lconnx.passes.linear import Linear, Rejection, match_linear
+from lconnx.passes.linear import Linear, match_linear
 from lconnx.passes.middle import MIDDLE_OPS
 
 #: Ops a linear form can be read from.

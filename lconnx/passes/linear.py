@@ -16,16 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from lconnx.errors import Rejection
 from lconnx.graph.tensors import ConstRef, InputRef, const_ref, input_ref
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why something may not fold: a reason a user can act on (it reaches the report as is)
-    and, where one can be named, the nodes it concerns."""
-
-    reason: str
-    nodes: tuple[str, ...] = ()
 
 
 @dataclass

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from lconnx.errors import Rejection
 from lconnx.graph.tensors import const_ref
-from lconnx.passes.linear import Rejection, foreign_op
+from lconnx.passes.linear import foreign_op
 
 MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization", "Reshape")
 

@@ -7,8 +7,10 @@ slopes towards 1 while fine-tuning, then fold the now-linear blocks in PyTorch
 This subpackage needs torch (``pip install lconnx[train]``); ``import lconnx`` never imports it.
 """
 
+from lconnx.errors import Rejection
+
 from .convert import CollapsibleReport, make_collapsible
-from .discovery import Block, Discovery, Rejection, TraceError, discover
+from .discovery import Block, Discovery, TraceError, discover
 from .export import export_onnx
 from .fit import fit_negative_slopes
 from .fold import FoldedBlock, FoldReport, SkippedBlock, collapse_, fold, slope_deviation

@@ -9,10 +9,12 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from lconnx.errors import Rejection
+
 from ._inputs import ModelInputs
 from ._modules import set_submodule
 from .activations import classify_module
-from .discovery import Block, Rejection, discover
+from .discovery import Block, discover
 from .fit import fit_negative_slopes
 from .prelu import CollapsiblePReLU
 
@@ -48,7 +50,7 @@ class CollapsibleReport:
                 + (f": {outcome}" if outcome else "")
             )
         for r in self.rejected:
-            lines.append(f"   rejected {r.fc1} -> {r.act}: {r.reason}")
+            lines.append(f"   rejected {' -> '.join(r.nodes)}: {r.reason}")
         lines += [f"   note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from torch import nn
 
+from lconnx.errors import Rejection
+
 from ._modules import LinearForm, linear_form, unwrap
 from .activations import ActivationKind, classify_function, classify_module
 from .graph import FlowGraph, FlowNode, trace_fx, trace_hooks
 
-__all__ = ["Block", "Rejection", "Discovery", "TraceError", "discover", "match_blocks"]
+__all__ = ["Block", "Discovery", "TraceError", "discover", "match_blocks"]
 
 PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Dropout, nn.AlphaDropout, nn.Identity)
 
@@ -55,19 +57,10 @@ class Block:
         return (self.fc1, *self.before, self.act, *self.between, self.fc2)
 
 
-@dataclass(frozen=True)
-class Rejection:
-    """Something that looked like a block (a Linear feeding an activation) but is not one."""
-
-    fc1: str
-    act: str
-    reason: str
-
-
 @dataclass
 class Discovery:
     blocks: list[Block]
-    rejected: list[Rejection]
+    rejected: list[Rejection]  # near-misses: nodes=(fc1, activation) module names
     method: str  # "fx" or "hooks"
     fx_error: str | None = None
     module_calls: Counter[str] = field(default_factory=Counter)  # calls per module name
@@ -133,10 +126,9 @@ def _unknown_activation(
     if linear_form(modules.get(graph.nodes[node.users[0]].target)) is None:
         return None
     return Rejection(
-        fc1_name,
-        node.target,
         f"activation {name} is not a known activation; only classified near-linear "
         "activations are replaced (see lconnx.training.activations)",
+        (fc1_name, node.target),
     )
 
 
@@ -172,7 +164,7 @@ def _match_one(
     act_node, kind = acts[0]
 
     def reject(reason: str) -> Rejection:
-        return Rejection(fc1_name, act_node.target, reason)
+        return Rejection(reason, (fc1_name, act_node.target))
 
     if len(head.users) > 1:
         n = len(head.users)

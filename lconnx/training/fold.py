@@ -160,10 +160,11 @@ def collapse_(
     found = discover(model, example_inputs)
     modules = dict(model.named_modules())
     for r in found.rejected:  # near-misses whose activation has a slope deserve a reason
-        act = modules.get(r.act)
-        wanted = allowed is None or r.act in allowed
+        _, act_name = r.nodes
+        act = modules.get(act_name)
+        wanted = allowed is None or act_name in allowed
         if act is not None and wanted and slope_deviation(act) is not None:
-            report.skipped.append(SkippedBlock(r.act, r.reason))
+            report.skipped.append(SkippedBlock(act_name, r.reason))
     while (block := _candidate(found, decided, allowed)) is not None:
         decided.add(block.name)
         act = model.get_submodule(block.act)

@@ -10,7 +10,8 @@ from graphs import init, model, rand, run
 from onnx import TensorProto, helper
 
 import lconnx
-from lconnx.passes.linear import Linear, Rejection, match_linear
+from lconnx.errors import Rejection
+from lconnx.passes.linear import Linear, match_linear
 
 F = TensorProto.FLOAT
 
