@@ -25,15 +25,9 @@ from .partial import (
 )
 from .prelu import CollapsiblePReLU, prelu_last_axis
 from .progressive import ProgressiveReport, ProgressiveStep, progressive_collapse
-from .regularizer import (
-    LayerCollapseRegularizer,
-    RegularizerReport,
-    SlopeStats,
-    collapse_penalty,
-    collapsible_modules,
-    param_groups,
-    schedule_factor,
-)
+from .regularizer import LayerCollapseRegularizer, RegularizerReport, SlopeStats
+from .schedules import schedule_factor
+from .slope_penalty import collapse_penalty, collapsible_modules, param_groups
 
 __all__ = [
     "Block",

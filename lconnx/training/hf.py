@@ -24,7 +24,8 @@ from ._inputs import ModelInputs
 from ._modules import unwrap
 from .convert import CollapsibleReport, make_collapsible
 from .fold import FoldReport, collapse_
-from .regularizer import Attachment, LayerCollapseRegularizer, collapsible_modules
+from .regularizer import Attachment, LayerCollapseRegularizer
+from .slope_penalty import collapsible_modules
 
 try:
     from transformers import TrainerCallback

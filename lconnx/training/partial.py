@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from .prelu import CollapsiblePReLU
-from .regularizer import Schedule, ScheduledSlopePenalty, collapsible_modules
+from .schedules import Schedule
+from .slope_penalty import ScheduledSlopePenalty, collapsible_modules
 
 __all__ = [
     "PartialCollapseRegularizer",

@@ -23,7 +23,8 @@ from ._modules import set_submodule
 from .discovery import Block, discover
 from .fold import FoldReport, collapse_, slope_deviation
 from .prelu import CollapsiblePReLU
-from .regularizer import BandShape, LayerCollapseRegularizer
+from .regularizer import LayerCollapseRegularizer
+from .schedules import BandShape
 
 __all__ = ["ProgressiveReport", "ProgressiveStep", "progressive_collapse"]
 

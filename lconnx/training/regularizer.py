@@ -15,6 +15,10 @@ Everything here reads the slope parameters through the (possibly DDP-wrapped) mo
 behaves identically on every rank and needs no collective of its own: the penalty's gradient
 is part of the normal backward, and the projection is a deterministic function of slopes
 that DDP keeps identical.
+
+The strength schedule and the band's shape live in ``schedules``, what every slope penalty
+shares (finding the slopes, the squared term, optimiser groups) in ``slope_penalty``; their
+public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._modules import unwrap
-from .prelu import CollapsiblePReLU
+from .schedules import BandShape, Schedule, band_factor, schedule_factor
+from .slope_penalty import (
+    ScheduledSlopePenalty,
+    collapse_penalty,
+    collapsible_modules,
+    param_groups,
+    penalty_of,
+)
 
 __all__ = [
     "collapsible_modules",
@@ -41,68 +51,6 @@ __all__ = [
     "param_groups",
     "schedule_factor",
 ]
-
-Schedule = Literal["constant", "linear_warmup", "cosine"]
-BandShape = Literal["linear", "cosine"]
-
-
-def collapsible_modules(model: nn.Module) -> dict[str, CollapsiblePReLU]:
-    """All ``CollapsiblePReLU`` modules by name in the unwrapped model (no ``module.`` prefix)."""
-    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, CollapsiblePReLU)}
-
-
-def _penalty(modules: Iterable[CollapsiblePReLU]) -> Tensor | None:
-    total: Tensor | None = None
-    for m in modules:
-        term = (1.0 - m.weight).pow(2).mean()
-        total = term if total is None else total + term
-    return total
-
-
-def collapse_penalty(model: nn.Module) -> Tensor:
-    """``sum over CollapsiblePReLU modules of mean((1 - a)^2)``; a zero tensor if there are none."""
-    total = _penalty(collapsible_modules(model).values())
-    return total if total is not None else torch.zeros(())
-
-
-def schedule_factor(
-    schedule: Schedule, step: int, warmup_steps: int = 0, total_steps: int | None = None
-) -> float:
-    """Fraction of the full strength at ``step``.
-
-    ``constant``: 1. ``linear_warmup``: ``min(1, step / warmup_steps)``. ``cosine``: a half-cosine
-    ramp from 0 to 1 over ``total_steps`` (strength grows smoothly as training settles).
-    """
-    if schedule == "constant":
-        return 1.0
-    if schedule == "linear_warmup":
-        if warmup_steps <= 0:
-            raise ValueError("linear_warmup needs warmup_steps > 0")
-        return min(1.0, step / warmup_steps)
-    if schedule == "cosine":
-        if not total_steps or total_steps <= 0:
-            raise ValueError("cosine needs total_steps > 0")
-        return 0.5 * (1.0 - math.cos(math.pi * min(step, total_steps) / total_steps))
-    raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def band_factor(shape: BandShape, step: int, start_steps: int, deadline_steps: int) -> float:
-    """Fraction of the starting gap the band still allows at ``step``: 1 up to
-    ``start_steps``, falling to exactly 0 at ``deadline_steps`` and after.
-
-    ``linear`` shrinks at a constant rate; ``cosine`` shrinks slowly at first and last, which
-    leaves the task more room early and lands softly on 1.
-    """
-    if step <= start_steps:
-        return 1.0
-    if step >= deadline_steps:
-        return 0.0
-    frac = (step - start_steps) / (deadline_steps - start_steps)
-    if shape == "linear":
-        return 1.0 - frac
-    if shape == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-    raise ValueError(f"unknown band shape {shape!r}")
 
 
 def _max_deviation(weight: Tensor) -> float:
@@ -177,62 +125,6 @@ class Attachment:
         self.remove()
 
 
-class ScheduledSlopePenalty:
-    """What every slope penalty shares: the model, the modules it covers, a strength
-    schedule over optimiser steps, and ``loss() = strength(step) · penalty()``."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        strength: float,
-        schedule: Schedule = "constant",
-        *,
-        warmup_steps: int = 0,
-        total_steps: int | None = None,
-        names: Iterable[str] | None = None,
-    ) -> None:
-        if strength < 0:
-            raise ValueError(f"strength must be >= 0, got {strength}")
-        self.model = model
-        self.base_strength = float(strength)
-        self.schedule: Schedule = schedule
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.names = list(names) if names is not None else None
-        self.current_step = 0
-        schedule_factor(schedule, 0, warmup_steps, total_steps)  # validate arguments early
-        if self.names is not None:
-            missing = set(self.names) - set(collapsible_modules(model))
-            if missing:
-                raise ValueError(f"not CollapsiblePReLU modules: {sorted(missing)}")
-
-    def modules(self) -> dict[str, CollapsiblePReLU]:
-        """The regularised modules that still exist (folded ones disappear)."""
-        found = collapsible_modules(self.model)
-        if self.names is None:
-            return found
-        return {n: found[n] for n in self.names if n in found}
-
-    @property
-    def strength(self) -> float:
-        """Strength at the current step, after the schedule."""
-        factor = schedule_factor(
-            self.schedule, self.current_step, self.warmup_steps, self.total_steps
-        )
-        return self.base_strength * factor
-
-    def penalty(self) -> Tensor:
-        raise NotImplementedError
-
-    def loss(self) -> Tensor:
-        """``strength(step) * penalty``: add it to the task loss."""
-        return self.strength * self.penalty()
-
-    def step(self) -> None:
-        """Advance the schedule by one optimiser step."""
-        self.current_step += 1
-
-
 class LayerCollapseRegularizer(ScheduledSlopePenalty):
     """Bring the model's ``CollapsiblePReLU`` slopes to 1: by a deadline, by a penalty, or both.
 
@@ -296,7 +188,7 @@ class LayerCollapseRegularizer(ScheduledSlopePenalty):
             self._measure_gaps()
 
     def penalty(self) -> Tensor:
-        total = _penalty(self.modules().values())
+        total = penalty_of(self.modules().values())
         return total if total is not None else torch.zeros(())
 
     def slopes(self) -> dict[str, Tensor]:
@@ -407,31 +299,3 @@ class LayerCollapseRegularizer(ScheduledSlopePenalty):
 
             handles.append(target.register_step_post_hook(post_step))
         return Attachment(self, handles)
-
-
-def param_groups(
-    model: nn.Module, weight_decay: float, *, slope_lr: float | None = None
-) -> list[dict[str, Any]]:
-    """Optimiser parameter groups with the PReLU slopes excluded from weight decay.
-
-    Weight decay pulls parameters towards 0, the LayerCollapse penalty pulls slopes towards 1.
-    ``slope_lr`` optionally gives the slopes their own learning rate.
-    """
-    slope_ids = {id(m.weight) for m in collapsible_modules(model).values()}
-    seen: set[int] = set()
-    decay: list[nn.Parameter] = []
-    slopes: list[nn.Parameter] = []
-    for p in model.parameters():
-        if id(p) in seen or not p.requires_grad:
-            continue
-        seen.add(id(p))
-        (slopes if id(p) in slope_ids else decay).append(p)
-    groups: list[dict[str, Any]] = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if slopes:
-        group: dict[str, Any] = {"params": slopes, "weight_decay": 0.0}
-        if slope_lr is not None:
-            group["lr"] = slope_lr
-        groups.append(group)
-    return groups
