@@ -10,7 +10,9 @@ The fit is empirical: ``z`` (the first linear's output) and ``a`` (the second li
 are both read from onnxruntime as extra graph outputs, so whatever the activation computes at
 run time (PRelu slopes, the exact Erf or tanh GELU, a trailing Dropout) is what is fitted.
 Recognition decides only *where* a per-unit fit is meaningful: every op between the linears is
-elementwise per hidden unit, and at least one of them is a known activation.
+elementwise per hidden unit, and at least one of them is a known activation: an ONNX op, a
+multi-node form (``lconnx.passes.activations``) or one of onnxruntime's fused ``com.microsoft``
+ops (``BiasGelu``, ``FastGelu``, ``Gelu``, ``QuickGelu``), which only this pass reads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from lconnx.errors import LconnxError, Rejection, UsageError, first_line
 from lconnx.graph.tensors import const_ref
+from lconnx.passes.activations import fused_activation
 from lconnx.passes.chains import (
     Chain,
     GraphFacts,
@@ -38,6 +41,7 @@ from lconnx.passes.chains import (
     profitable,
 )
 from lconnx.passes.fold import Names, fold_round, non_overlapping
+from lconnx.passes.linear import foreign_op
 from lconnx.passes.middle import Affine, match_middle
 
 #: Single-node activations whose per-unit fit is meaningful (each acts per element).
@@ -89,7 +93,10 @@ class FitSite:
 
     @property
     def pre(self) -> str:
-        """The pre-activation tensor ``z`` (the first linear's output)."""
+        """The pre-activation tensor ``z`` (the first linear's output). A fused activation's
+        bias (``BiasGelu(z, b)``) belongs to the first linear but is not in ``z``: per unit a
+        line in ``z + b`` is a line in ``z``, so the fitted shift takes ``b`` in exactly and
+        the fold carries it into the merged bias."""
         return self.chain.first.y.name
 
     @property
@@ -113,7 +120,12 @@ def activation_label(chain: Chain, facts: GraphFacts) -> str | Rejection:
     for node in chain.middle:
         if id(node) in in_composite:
             continue
-        if node.op in PASS_THROUGH:
+        fused, foreign = fused_activation(node), foreign_op(node)
+        if fused is not None:
+            labels.append(fused)
+        elif foreign is not None:
+            return foreign
+        elif node.op in PASS_THROUGH:
             match = match_middle(node, 0.0, facts.inputs, chain.cost.hidden)
             if isinstance(match, Rejection):
                 return match
@@ -193,7 +205,7 @@ def fit_candidates(
     skipped: list[Chain] = []
     seen: set[tuple[str, str]] = set()
     rules = fit_rules(allow_growth)
-    for chain in find_chains(linears, facts):
+    for chain in find_chains(linears, facts, fused=True):
         if chain.key in seen:
             continue
         seen.add(chain.key)

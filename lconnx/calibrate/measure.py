@@ -41,6 +41,7 @@ class Measurement:
     embedding_error: float
     accuracy: float | None  # percent, with labels
     flops: int  # per sample, at the calibration shapes
+    uncounted: int = 0  # linear nodes whose shapes the count could not see (flops: a floor)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Measurement:
             "embedding_error": self.embedding_error,
             "accuracy": self.accuracy,
             "flops": self.flops,
+            "uncounted": self.uncounted,
         }
 
 
@@ -127,5 +129,5 @@ class Evaluator:
             loss = self.accuracy_original - accuracy if math.isfinite(error) else math.inf
         else:
             loss = error
-        flops = count_flops(model, self.per_sample).total
-        return Measurement(loss, error, accuracy, flops)
+        flops = count_flops(model, self.per_sample)
+        return Measurement(loss, error, accuracy, flops.total, len(flops.uncounted))

@@ -4,6 +4,11 @@
 arrive as small subgraphs. They are found as a *closed region*: the nodes after a tensor that
 read only that tensor, each other's outputs and constants, and that end in a single tensor.
 A chain through such a region is reported under the activation's name instead of vanishing.
+
+onnxruntime's transformer optimizer fuses the same activations into ``com.microsoft`` ops
+(``FUSED_ACTIVATIONS``). Only the fitted pass reads those, by domain and op type: an exact fold
+never reads a foreign-domain op, but a per-unit fit needs only to know that the op acts per
+element.
 """
 
 from __future__ import annotations
@@ -42,6 +47,28 @@ ELEMENTWISE = frozenset(
         "Max",
     }
 )
+
+
+#: onnxruntime's fused activations, by (domain, op type): each acts per element on its first
+#: input, after adding its optional second input, a bias of one value per feature (onnxruntime's
+#: contrib-op docs). ``BiasGelu(x, b) = Gelu(x + b)`` (Erf form); ``FastGelu(x[, b])``: the tanh
+#: approximation of ``Gelu(x + b)``; ``Gelu(x)``: Erf form; ``QuickGelu(x) = x·sigmoid(alpha·x)``.
+#: The value is the most inputs the op reads.
+FUSED_ACTIVATIONS = {
+    ("com.microsoft", "BiasGelu"): 2,
+    ("com.microsoft", "FastGelu"): 2,
+    ("com.microsoft", "Gelu"): 1,
+    ("com.microsoft", "QuickGelu"): 1,
+}
+
+
+def fused_activation(node: gs.Node) -> str | None:
+    """``domain:op`` when ``node`` is one of onnxruntime's fused activations, else None."""
+    key = (node.domain or "", node.op)
+    most = FUSED_ACTIVATIONS.get(key)
+    if most is None or not 1 <= len(node.inputs) <= most or len(node.outputs) != 1:
+        return None
+    return ":".join(key)
 
 
 @dataclass

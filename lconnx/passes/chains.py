@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from lconnx.errors import Rejection
 from lconnx.graph.subgraphs import outer_references
 from lconnx.graph.tensors import FLOAT_TYPES, elem_type_name
-from lconnx.passes.activations import Composite, find_composite
+from lconnx.passes.activations import Composite, find_composite, fused_activation
 from lconnx.passes.cost import ChainCost
 from lconnx.passes.linear import Linear, match_linear
 from lconnx.passes.middle import MIDDLE_OPS, Affine, match_middle
@@ -114,11 +114,14 @@ def index_linears(graph: gs.Graph, facts: GraphFacts, convs: bool = False) -> di
     return found
 
 
-def find_chains(linears: dict[int, Linear], facts: GraphFacts) -> list[Chain]:
-    """Every ``Linear → middle ops → Linear`` path, undecided: ``decide`` judges them."""
+def find_chains(linears: dict[int, Linear], facts: GraphFacts, fused: bool = False) -> list[Chain]:
+    """Every ``Linear → middle ops → Linear`` path, undecided: ``decide`` judges them.
+
+    ``fused``: also walk through onnxruntime's fused activations (``com.microsoft``
+    ``BiasGelu``…). Only the fitted pass asks: an exact fold never reads a foreign op."""
     chains: list[Chain] = []
     for first in linears.values():
-        for middle, composites, second in _paths(first, linears, facts):
+        for middle, composites, second in _paths(first, linears, facts, fused):
             k, h = first.shape
             cost = ChainCost(k, h, second.shape[1], first.bias is not None, second.bias is not None)
             chain = Chain(first, middle, [], second, cost, elem_type_name(first.elem_type))
@@ -153,7 +156,9 @@ def decide(chains: list[Chain], facts: GraphFacts, rules: Sequence[Rule]) -> lis
 Path = tuple[list[gs.Node], list[Composite], Linear]
 
 
-def _paths(first: Linear, linears: dict[int, Linear], facts: GraphFacts) -> Iterator[Path]:
+def _paths(
+    first: Linear, linears: dict[int, Linear], facts: GraphFacts, fused: bool
+) -> Iterator[Path]:
     """Middle-op paths from ``first`` to another linear's data input (iterative DFS).
 
     Multi-node activations (GELU's Erf form…) are stepped over as one unit so the site is
@@ -173,8 +178,13 @@ def _paths(first: Linear, linears: dict[int, Linear], facts: GraphFacts) -> Iter
             second = linears.get(id(consumer))
             if second is not None and second is not first:
                 yield middle, composites, second
-            elif consumer.outputs and (consumer.op in MIDDLE_OPS or consumer.op in KNOWN_NONLINEAR):
+            elif consumer.outputs and _walks_through(consumer, fused):
                 stack.append((consumer.outputs[0], [*middle, consumer], composites))
+
+
+def _walks_through(node: gs.Node, fused: bool) -> bool:
+    known = node.op in MIDDLE_OPS or node.op in KNOWN_NONLINEAR
+    return known or (fused and fused_activation(node) is not None)
 
 
 def linears_are_constant(chain: Chain, facts: GraphFacts) -> Rejection | None:

@@ -1,5 +1,5 @@
 """Every way a site ends in the budget pass's report: taken, skipped by the budget, or refused
-by the fit (its reason next to the exact pass's own)."""
+by the fit (its reason next to the exact pass's own, or a site of its own)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import onnx
 from graphs import mlp_gemm, rand
 from onnx import TensorProto, helper
 from test_affine_fit import act_mlp
+from test_fused_activations import fused_mlp
 
 from lconnx import collapse_with_budget
 from lconnx.graph.flops import FlopCount
@@ -80,3 +81,14 @@ def test_a_fit_refusal_equal_to_the_exact_reason_is_not_repeated():
     assert [s.reason for s in report.sites] == [
         "weight depends on graph input 'W0' (set at run time), not a constant"
     ]
+
+
+def test_a_fused_site_the_exact_pass_never_saw_is_a_site_of_its_own():
+    """The exact pass reads no ``com.microsoft`` op: its table was empty and its note said so;
+    the fit's refusal is the site's reason and the note is gone."""
+    m = fused_mlp("BiasGelu", h=2)
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    report = collapse_with_budget(m, {"x": x}, max_embedding_error=1.0, threads=1).report
+    (site,) = report.sites
+    assert not site.folded and site.reason == "not profitable: 32 → 64 weights"
+    assert site.nodes == ["fc0", "act", "fc1", "fc1/add"] and report.notes == []
