@@ -178,6 +178,12 @@ def _fold_round(
     del graph.node[:]
     graph.node.extend(keep)
     graph.initializer.extend(added)
+    # a value_info left from an earlier inference (``[unk__0, unk__1]``) would shadow the
+    # constant's concrete dims for the nodes that read it
+    folded = {t.name for t in added}
+    infos = [vi for vi in graph.value_info if vi.name not in folded]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
     return True
 
 
