@@ -28,7 +28,9 @@ from google.protobuf.message import DecodeError
 from lconnx.errors import LconnxError, ModelLoadError, OutputPathError, first_line
 from lconnx.files import external_data as ext
 from lconnx.files.outputs import file_identity
+from lconnx.files.parse import parse_file
 from lconnx.files.signals import deferred_signals
+from lconnx.files.skeleton import weightless
 
 #: Protobuf cannot serialise a message over 2 GiB; stay clear of it with some headroom.
 PROTO_LIMIT_BYTES = 2_000_000_000
@@ -52,58 +54,36 @@ def load_model(
     CLI checks its output paths against them there, with no second parse of the model.
     """
     path = _checked_input_path(path)
-    # The path form of the checker reads the file in C++ (external data and >2 GB models
-    # included). Run it before the Python parse so its transient copy (2× the file) never sits
-    # beside the loaded model: peak 2× model size instead of 3×. Its verdict is raised after
-    # the checks below, so those keep their own messages.
-    check_error: Exception | None = None
-    encodable = _utf8(os.fspath(path))
-    if encodable:  # onnx's C++ side takes UTF-8 paths only; others are checked in memory below
-        try:
-            onnx.checker.check_model(str(path))
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            check_error = exc
     model = parse_model(path)
     check_text(model)
     files = ext.check_refs(model, path)
-    if files and check_error is not None or not encodable:
-        # onnx's C++ side refuses any symlinked data file (the Hugging Face cache links into
-        # blobs/); the references passed lconnx's own rules above, so judge the graph alone
-        check_error = _check_skeleton(model)
-    if check_error is not None:
-        raise ModelLoadError(
-            f"{_shown(path)}: invalid ONNX graph: {first_line(check_error)}"
-        ) from check_error
+    try:
+        check_light(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelLoadError(f"{_shown(path)}: invalid ONNX graph: {first_line(exc)}") from exc
     if before_reading is not None:
         before_reading(set(files))
     ext.read_refs(files)
     return model, bool(files)
 
 
-def _check_skeleton(model: onnx.ModelProto) -> Exception | None:
-    """onnx.checker on the model without its data (small: the weights live outside). Its
-    references become empty tensors: the in-memory checker would otherwise look for the data
-    files relative to the working directory."""
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    for tensor in ext.external_tensors(skeleton):
-        del tensor.external_data[:]
-        del tensor.dims[:]
-        tensor.dims.append(0)
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    try:
-        onnx.checker.check_model(skeleton)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        return exc
-    return None
+def check_light(model: onnx.ModelProto, full: bool = False) -> None:
+    """onnx.checker on the model without its weights (``files.skeleton``): the same verdict
+    on the graph as checking the file, at the cost of its small parts. ``full``: strict shape
+    and type inference too, as ``check_model(full_check=True)`` runs it. (A tensor whose
+    bytes do not fit its dims is found where its values are read: ``graph.tensors``.)"""
+    onnx.checker.check_model(weightless(model, for_checker=True))
+    if full:
+        onnx.shape_inference.infer_shapes(
+            weightless(model), check_type=True, strict_mode=True, data_prop=False
+        )
 
 
 def parse_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """The model proto without its external data, or a one-line ModelLoadError."""
     path = _checked_input_path(path)
     try:
-        with open(path, "rb") as handle:
-            model = onnx.ModelProto.FromString(handle.read())
+        model = parse_file(path)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelLoadError(
             f"{_shown(path)}: not a valid ONNX model (truncated or not ONNX): {first_line(exc)}"
@@ -159,7 +139,8 @@ def _checked_input_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _utf8(text: str) -> bool:
+def utf8_encodable(text: str) -> bool:
+    """Whether ``text`` can be handed to onnx's or onnxruntime's C++ side (UTF-8 only)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -173,17 +154,15 @@ def _shown(path: Path) -> str:
 
 
 def check_in_memory(model: onnx.ModelProto) -> bool:
-    """Full onnx.checker check when the model fits in one protobuf; False when it does not
-    (then ``save_model(..., check=True)`` checks the written file, without a second copy)."""
-    if model_data_bytes(model) >= PROTO_LIMIT_BYTES:
-        return False
-    onnx.checker.check_model(model, full_check=True)
+    """Full onnx.checker check of a model in memory, any size (it runs weightless)."""
+    check_light(model, full=True)
     return True
 
 
 def model_data_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held inline by the model's tensors: decides whether it fits in one protobuf."""
-    return sum(len(t.raw_data) for t in ext.tensors_of(model))
+    """Bytes the model's inline tensors take by their dims: decides whether it fits in one
+    protobuf, without touching (or copying) a weight."""
+    return sum(ext.expected_bytes(t) or 0 for t in ext.tensors_of(model) if not ext.is_external(t))
 
 
 def save_model(
@@ -192,23 +171,34 @@ def save_model(
     external: bool,
     check: bool = False,
     keep: Iterable[str | os.PathLike[str]] = (),
+    before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Publish ``model`` at ``out_path`` transactionally (see the module docstring).
 
     With ``external`` (or when the model is over 2 GB) weights go to ``OUT.<hash>.data``;
     saving that way moves tensor bytes out of ``model`` (which keeps peak memory low), so pass
-    a copy if you still need them. ``check`` runs onnx.checker (full) on the written files
-    before anything is published. ``keep``: files never removed (the input's data files).
+    a copy if you still need them. ``check`` runs onnx.checker (full, weightless) before
+    anything is written. ``keep``: files never removed (the input's data files).
+    ``before_publish`` is handed the written temp model (its data beside it): what it raises
+    stops the save with nothing published, so a check of those very bytes decides whether
+    they become OUT.
     """
     ext.check_loaded(model)
     out = Path(out_path)
     folder = out.parent.resolve()  # where OUT's entry lives (a link at OUT is replaced)
     external = external or model_data_bytes(model) >= PROTO_LIMIT_BYTES
-    if external and not _utf8(out.name):
+    if external and not utf8_encodable(out.name):
         raise OutputPathError(
             f"{_shown(out)}: the name is not valid UTF-8, and ONNX stores the external data's "
             "file name (derived from it) as UTF-8; choose another name"
         )
+    if check:
+        try:
+            check_light(model, full=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ModelLoadError(
+                f"{_shown(out)}: the model failed onnx.checker, not written: {first_line(exc)}"
+            ) from exc
     old_data = lconnx_data_files(out)
     with temp_folder(folder, out) as tmp_dir:
         try:
@@ -219,8 +209,8 @@ def save_model(
             raise OutputPathError(f"{out}: write failed, nothing written: {exc.strerror}") from None
         except ValueError as exc:  # protobuf refuses to serialise more than 2 GB
             raise LconnxError(f"{out}: cannot serialise the model: {first_line(exc)}") from exc
-        if check:
-            _check_written(tmp_model, out)
+        if before_publish is not None:
+            before_publish(tmp_model)
         with deferred_signals():
             _publish(tmp_dir, data_name, out, folder)
         _remove_replaced(old_data - ({folder / data_name} if data_name else set()), keep)
@@ -246,15 +236,6 @@ def temp_folder(folder: Path, target: Path) -> Iterator[Path]:
         if path is not None:
             with deferred_signals():  # a stop during the removal would leave half of it
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _check_written(tmp_model: Path, out: Path) -> None:
-    try:
-        onnx.checker.check_model(str(tmp_model), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelLoadError(
-            f"{_shown(out)}: the model failed onnx.checker, not written: {first_line(exc)}"
-        ) from exc
 
 
 def _publish(tmp_dir: Path, data_name: str | None, out: Path, folder: Path) -> None:

@@ -9,9 +9,12 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from lconnx.errors import UnsupportedModelError
+from lconnx.files.external_data import expected_bytes, is_external, tensors_of
 from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
+from lconnx.graph.subgraphs import nested_graphs
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -31,7 +34,13 @@ def export_graph(
 ) -> onnx.ModelProto:
     """Export and restore everything the graph round trip should not change; ``provenance``
     (what a pass did) goes into ``metadata_props``, replacing earlier values of its keys."""
-    result = gs.export_onnx(graph, do_type_check=False)
+    originals = _stub_weights(graph)
+    try:
+        result = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for constant, values in originals.values():
+            constant._values = values
+    _fill_weights(result, originals)
     result.ir_version = original.ir_version
     del result.opset_import[:]
     result.opset_import.extend(original.opset_import)
@@ -49,6 +58,61 @@ def export_graph(
         result.metadata_props.add(key=key, value=value)
     reinfer(result)
     return result
+
+
+#: Weights from this size are exported as stubs and copied in once, into their final place.
+_STUB_FROM_BYTES = 1024
+
+
+def _stub_weights(graph: gs.Graph) -> dict[str, tuple[gs.Constant, LazyValues]]:
+    """Point every large weight read from the original model at a data-less stand-in, so the
+    export does not copy it twice (into the exported graph, then into the model that wraps
+    it); ``_fill_weights`` copies the original into its one place afterwards. By name: the
+    constants' originals, to put back when the export is done."""
+    originals: dict[str, tuple[gs.Constant, LazyValues]] = {}
+    for g in (graph, *nested_graphs(graph)):
+        constants = [t for t in g.tensors().values() if isinstance(t, gs.Constant)]
+        constants += [
+            value
+            for node in g.nodes
+            for value in node.attrs.values()
+            if isinstance(value, gs.Constant)
+        ]
+        for constant in constants:
+            values = constant._values
+            if not isinstance(values, LazyValues) or constant.name in originals:
+                continue  # a name seen before: the same tensor read from an inner scope
+            proto = values.tensor
+            if (expected_bytes(proto) or 0) < _STUB_FROM_BYTES:
+                continue
+            stub = onnx.TensorProto(name=constant.name, dims=proto.dims, data_type=proto.data_type)
+            originals[constant.name] = (constant, values)
+            constant._values = LazyValues(stub)
+    return originals
+
+
+def _fill_weights(
+    model: onnx.ModelProto, originals: dict[str, tuple[gs.Constant, LazyValues]]
+) -> None:
+    """Copy each stubbed weight's data into the exported model (under its exported name)."""
+    for tensor in tensors_of(model):
+        entry = originals.get(tensor.name)
+        if entry is None or not _is_stub(tensor):
+            continue
+        name = tensor.name
+        tensor.CopyFrom(entry[1].tensor)
+        tensor.name = name
+
+
+def _is_stub(tensor: onnx.TensorProto) -> bool:
+    """A tensor with no data at all (as the stubs are), checked without copying any."""
+    if tensor.HasField("raw_data") or is_external(tensor):
+        return False
+    return not any(
+        len(getattr(tensor, field))
+        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data")
+        + ("uint64_data",)
+    )
 
 
 def _hoist_initializers(result: onnx.ModelProto, original: onnx.ModelProto) -> None:

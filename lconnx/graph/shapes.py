@@ -10,44 +10,14 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from lconnx.files.external_data import tensors_of
+from lconnx.files.skeleton import weightless
 from lconnx.graph.subgraphs import nested_graphs
-
-#: Tensors smaller than this keep their data: shape ops (Reshape, Expand…) read such values.
-_KEEP_BYTES = 4096
 
 
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` for shape inference whose large tensors keep only name, dims, type.
-
-    It never writes to ``model``: under upb, detaching ``raw_data`` and putting it
-    back copies it into the arena while the cleared bytes stay allocated, so each
-    detach/restore left the process one model size larger.
-    """
-    graph = model.graph
-    light = onnx.GraphProto(
-        name=graph.name,
-        node=graph.node,
-        input=graph.input,
-        output=graph.output,
-        value_info=graph.value_info,
-        sparse_initializer=graph.sparse_initializer,
-    )
-    for tensor in graph.initializer:
-        if len(tensor.raw_data) > _KEEP_BYTES:
-            light.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type)
-        else:
-            light.initializer.append(tensor)
-    copy = onnx.ModelProto(
-        ir_version=model.ir_version,
-        opset_import=model.opset_import,
-        functions=model.functions,
-        graph=light,
-    )
-    for tensor in tensors_of(copy):  # Constant nodes, subgraphs: already copies here
-        if len(tensor.raw_data) > _KEEP_BYTES:
-            tensor.ClearField("raw_data")
-    return copy
+    """A copy of ``model`` for shape inference whose large tensors keep only name, dims, type
+    (``files.skeleton.weightless``); it never writes to ``model``."""
+    return weightless(model)
 
 
 def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
