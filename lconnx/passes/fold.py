@@ -50,12 +50,18 @@ class Names:
 
 
 def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
-    """(W, b) of the whole chain in float64, ``W`` of shape (d_in, d_out)."""
+    """(W, b) of the whole chain in float64, ``W`` of shape (d_in, d_out).
+
+    Each weight is read into one float64 array of its own; the hidden scale is applied to it
+    in place (skipped when it is 1), so the product is the only other weight-sized array."""
     w1, w2 = chain.first.weight_matrix(), chain.second.weight_matrix()
     b1, b2 = chain.first.bias_vector(), chain.second.bias_vector()
     scale, shift = compose(chain.maps)
     hidden_width = w1.shape[1]
-    weight = (w1 * scale) @ w2
+    if np.any(scale != 1.0):
+        w1 *= scale
+    weight = w1 @ w2
+    del w1
     hidden_bias = np.broadcast_to((0.0 if b1 is None else b1) * scale + shift, (hidden_width,))
     bias: np.ndarray | None = None
     if b1 is not None or np.any(hidden_bias != 0):

@@ -60,12 +60,16 @@ class Linear:
         return self.weight.elem_type
 
     def weight_matrix(self) -> np.ndarray:
+        """The x·W view in float64: a fresh array (possibly a transposed view of one), which
+        the caller may scale in place."""
         assert isinstance(self.weight, ConstRef), self.problem
         w = self.weight.array()
         if self.spatial_rank:
             w = w.reshape(w.shape[:2])  # [N, K, 1, …] → [N, K]: W^T of the pixel-wise map
         w = w.T if self.weight_transposed else w
-        return w * self.alpha if self.alpha != 1.0 else w
+        if self.alpha != 1.0:
+            w *= self.alpha
+        return w
 
     def bias_vector(self) -> np.ndarray | None:
         if self.bias is None:
