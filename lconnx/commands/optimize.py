@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,23 +109,46 @@ def _optimize_file(
 
         out.print(render_curve(result.report.budget))
 
-    verification, failure = None, None
-    try:
-        if not args.no_verify and result.report.folded:
-            with timings.phase("verify"), progress.phase("checking in onnxruntime"):
-                verification = _compare(args, model, result.model, data, given_shapes, out)
-            _enforce_bounds(args, verification)
-        check_required_folds(args.require_folded, result.report.folded, len(result.report.sites))
-    except LconnxError as exc:  # a refusal: no model, but the record says why
-        failure = exc
     ops_before = Counter(n.op_type for n in model.graph.node)
-    if failure is None:
-        del model  # writing needs only the result: keep the input's weights out of the peak
-        release_garbage()
-        with timings.phase("save"), progress.phase(f"writing {args.output}"):
-            save_model(
-                result.model, args.output, external=external, check=True, keep=plan.input_data
-            )
+    checking = not args.no_verify and result.report.folded
+    verified: list[Any] = []  # the comparison, once the written file has been checked
+    refused: list[LconnxError] = []  # a broken bound or missing fold: no model, a record
+
+    def check_written(path: Path) -> None:
+        """Compare the written temp file with the input, before it may become OUT."""
+        progress.update("checking in onnxruntime")
+        try:
+            with timings.phase("verify"):
+                verified.append(_compare(args, inputs, path, out))
+            _enforce_bounds(args, verified[0])
+        except LconnxError as exc:
+            refused.append(exc)
+            raise
+
+    try:
+        check_required_folds(args.require_folded, result.report.folded, len(result.report.sites))
+    except LconnxError as exc:
+        refused.append(exc)
+    inputs = _inputs(args, model, data, given_shapes) if checking and not refused else None
+    del model  # writing needs only the result: keep the input's weights out of the peak
+    release_garbage()
+    if not refused:
+        try:
+            with timings.phase("save"), progress.phase(f"writing {args.output}"):
+                save_model(
+                    result.model,
+                    args.output,
+                    external=external,
+                    check=True,
+                    keep=plan.input_data,
+                    before_publish=check_written if checking else None,
+                )
+        except LconnxError as exc:
+            if exc not in refused:
+                raise
+        timings.phases["save"] -= timings.phases.get("verify", 0.0)
+    failure = refused[0] if refused else None
+    verification = verified[0] if verified else None
     output_data = lconnx_data_files(Path(args.output)) if failure is None else set()
     output_files = model_files(args.output, output_data) if recording and failure is None else None
     if recording:
@@ -195,31 +219,45 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.2f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 
 
-def _compare(
+@dataclass
+class _Inputs:
+    """What the check feeds both models: the input's path, the feeds and their source."""
+
+    model: Path
+    feeds: dict[str, Any]
+    labels: Any
+    source: str
+
+
+def _inputs(
     args: argparse.Namespace,
     model: Any,
-    optimized: Any,
     data: tuple[dict[str, Any], Any] | None,
     given_shapes: dict[str, list[int]],
-    out: Any,
-) -> Any:
-    """``optimize``'s check: both models on the same inputs (a batch of 8 where the batch
-    dim is free, integer inputs valid for what they feed); the figures are printed."""
-    from lconnx.runtime.compare import verify_models
+) -> _Inputs:
+    """The check's feeds, made while the input model is still in memory: a batch of 8 where
+    the batch dim is free, integer inputs valid for what they feed, or ``--data``."""
     from lconnx.runtime.inputs import free_batch_shapes, load_data, random_inputs
 
-    labels = None
     if args.data:
         feeds, labels = data if data is not None else load_data(args.data, model)
-        source = args.data
-    else:
-        full = free_batch_shapes(model, given_shapes)
-        feeds, source = random_inputs(model, full, seed=args.seed), f"seed {args.seed}"
+        return _Inputs(Path(args.input), feeds, labels, args.data)
+    full = free_batch_shapes(model, given_shapes)
+    feeds = random_inputs(model, full, seed=args.seed)
+    return _Inputs(Path(args.input), feeds, None, f"seed {args.seed}")
+
+
+def _compare(args: argparse.Namespace, inputs: _Inputs | None, written: Path, out: Any) -> Any:
+    """``optimize``'s check: the input file and the written one, read by onnxruntime itself,
+    on the same inputs; the figures are printed."""
+    from lconnx.runtime.compare import verify_models
+
+    assert inputs is not None
     verification = verify_models(
-        model, optimized, feeds, labels=labels, atol=args.atol, rtol=args.rtol
+        inputs.model, written, inputs.feeds, labels=inputs.labels, atol=args.atol, rtol=args.rtol
     )
     out.print(
-        f"verify (onnxruntime CPU, {source}): max abs error "
+        f"verify (onnxruntime CPU, {inputs.source}): max abs error "
         f"{verification.max_abs:.3g}, max rel error {verification.max_rel:.3g}"
     )
     if verification.labels is not None:

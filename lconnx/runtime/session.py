@@ -18,7 +18,7 @@ from lconnx.errors import (
     MissingDependencyError,
     first_line,
 )
-from lconnx.io import PROTO_LIMIT_BYTES, model_data_bytes, save_model
+from lconnx.io import PROTO_LIMIT_BYTES, model_data_bytes, save_model, utf8_encodable
 from lconnx.runtime.providers import full_name, session_providers
 
 INSTALL_HINT = "pip install 'lconnx[cpu]' (or 'lconnx[gpu]' for CUDA)"
@@ -101,20 +101,37 @@ def make_session(
                 copy.CopyFrom(model)
                 source = str(save_model(copy, Path(tmp) / "model.onnx", external=True))
         else:
-            source = str(model)
+            source = _path_source(Path(model), Path(tmp))
         try:
             return ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise LconnxError(f"onnxruntime failed: {first_line(exc)}") from exc
 
 
+def _path_source(path: Path, tmp: Path) -> str | bytes:
+    """What onnxruntime is given for a model file: its path, which onnxruntime reads itself,
+    external data included. onnxruntime takes UTF-8 paths only; a folder that is not one is
+    reached through a link in ``tmp`` (its data files then still lie beside the model), a file
+    name that is not one is handed over as bytes."""
+    if utf8_encodable(str(path)):
+        return str(path)
+    if utf8_encodable(path.name):
+        link = tmp / "folder"
+        link.symlink_to(path.parent.resolve(), target_is_directory=True)
+        return str(link / path.name)
+    return path.read_bytes()
+
+
 def run(
     model: ModelLike | Any,
     feeds: dict[str, np.ndarray],
     provider: str = "cpu",
+    opt_level: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Outputs of ``model`` (a model, a path, or a session) on ``feeds``, by output name."""
-    session: Any = model if hasattr(model, "run") else make_session(model, provider)
+    session: Any = (
+        model if hasattr(model, "run") else make_session(model, provider, opt_level=opt_level)
+    )
     names = [o.name for o in session.get_outputs()]
     try:
         values = session.run(names, feeds)
