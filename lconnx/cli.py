@@ -21,7 +21,6 @@ from lconnx._version import __version__
 from lconnx.commands.terminal import stdout
 from lconnx.errors import LconnxError, first_line
 from lconnx.files.signals import Terminated, install_stop_handlers
-from lconnx.memory import unmap_large_frees
 
 USAGE_ERROR = 2
 
@@ -317,7 +316,6 @@ _non_negative_int = _int_at_least(0)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    unmap_large_frees()
     install_stop_handlers()
     from lconnx import commands as run
 

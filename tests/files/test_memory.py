@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-from lconnx.memory import release_garbage, unmap_large_frees
+from lconnx.memory import release_garbage
 
 
 class _Node:
@@ -28,10 +28,3 @@ def test_release_garbage_frees_a_cycle_holding_an_array() -> None:
         assert alive() is None
     finally:
         gc.enable()
-
-
-def test_unmap_large_frees_is_idempotent_and_arrays_still_work() -> None:
-    unmap_large_frees()
-    unmap_large_frees()
-    big = np.arange(1 << 20, dtype=np.float64)
-    assert float(big.sum()) == (1 << 20) * ((1 << 20) - 1) / 2
