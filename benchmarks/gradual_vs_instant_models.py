@@ -18,7 +18,9 @@ decay, cosine decay of the learning rate to 0 over the steps, as paper_table's p
   (paper_table's row, seeded split): embeddings and the bottom layers frozen (their output
   cached once), the top layers and the head trained first without collapse (the pretrained
   model), then the FFNs of the top layers collapse;
-* ``vit``: the ViT of the paper table, last 2 blocks' MLPs (not in the default run: time).
+* ``vit``: the ViT of the paper table (4 blocks, dim 128, patch 7), trained like the Mixer;
+  the MLPs of all 4 blocks collapse, the paper table's k for the ViT (not in the default run:
+  time; ``--rows vit`` adds it to the results beside the rows already there).
 
 Methods (all from the same pretrained model, ``make_collapsible(init="fit")`` from 1,024
 training samples, so every PReLU starts at the least-squares slope of its GELU):
@@ -42,7 +44,9 @@ training samples, so every PReLU starts at the least-squares slope of its GELU):
 Score: held-out accuracy of the folded model (``collapse_``, tolerance 0.05); ``collapsed``
 counts seeds where every requested block folded. Also recorded: the pretrained model's and
 the least-squares replacement's accuracy before fine-tuning. Writes
-``benchmarks/results/gradual_vs_instant_models.{json,md}`` (``--quick``: /tmp).
+``benchmarks/results/gradual_vs_instant_models.{json,md}`` (``--quick``: /tmp); rows already in
+that file and not run again are kept, each with the invocation (config, time, load) that
+measured it.
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ def _image_row(key: str, seed: int, args: argparse.Namespace) -> Row:
     data = _FASHION.subset(args.train_size, args.test_size, seed=seed)
     model = build(key, data.num_classes, seed=seed)
     blocks = list(model.blocks)  # type: ignore[arg-type]
-    first = len(blocks) - args.blocks
+    first = len(blocks) - (args.mixer_blocks if key == "mixer" else args.vit_blocks)
     attrs = ("mlp_tokens", "mlp_channels") if key == "mixer" else ("mlp",)
     acts = [f"blocks.{i}.{a}.act" for i in range(first, len(blocks)) for a in attrs]
 
@@ -212,7 +216,7 @@ def _image_row(key: str, seed: int, args: argparse.Namespace) -> Row:
         {
             "train": len(data.y_train),
             "test": len(data.y_test),
-            "collapsed": f"last {args.blocks} of {len(blocks)} blocks ({len(acts)} MLPs)",
+            "collapsed": f"last {len(blocks) - first} of {len(blocks)} blocks ({len(acts)} MLPs)",
         },
     )
     torch.manual_seed(seed)
@@ -401,6 +405,19 @@ def summary(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     return out
 
 
+def paired(runs: list[dict[str, Any]], method: str, reference: str) -> tuple[float, float]:
+    """Mean ± standard error over seeds of ``method``'s score minus ``reference``'s, seed by
+    seed (both saw the same pretrained model and batches, so the seed's own luck cancels)."""
+    score = {(r["method"], r["seed"]): r["score"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs if r["method"] == method})
+    diffs = np.array([score[method, s] - score[reference, s] for s in seeds])
+    sem = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
+    return float(diffs.mean()), sem
+
+
+PAIRED_AGAINST = ["instant", "lstsq fit", "no collapse"]
+
+
 def load_avg() -> list[float]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -409,28 +426,28 @@ def load_avg() -> list[float]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    cfg = result["config"]
     lines = [
         "# Gradual vs instant collapse on the paper-table models",
         "",
         "`benchmarks/gradual_vs_instant_models.py` (issue 13): every method fine-tunes the same "
         "pretrained model for the same number of steps on the same seeded batches (AdamW, no "
-        f"weight decay, cosine learning rate, batch {cfg['batch']}); score = held-out accuracy % "
-        "of the folded model, mean ± standard error over seeds "
-        f"{cfg['seeds']}. *before fine-tuning* rows are the pretrained model and its "
-        "least-squares replacement as they are (no training). λ is the fixed strength of the "
-        "decoupled penalty, given as the pull per step at the peak learning rate.",
+        f"weight decay, cosine learning rate, batch {BATCH}); score = held-out accuracy % "
+        "of the folded model, mean ± standard error over seeds. *before fine-tuning* rows are "
+        "the pretrained model and its least-squares replacement as they are (no training). λ is "
+        "the fixed strength of the decoupled penalty, given as the pull per step at the peak "
+        "learning rate.",
         "",
     ]
     for row in result["rows"]:
         s, info = row["summary"], row["info"]
+        seeds = sorted({r["seed"] for r in row["runs"]})
         lines += [
             f"## {row['title']}",
             "",
             f"{info['train']:,} training / {info['test']:,} held-out samples; collapsed: "
             f"{info['collapsed']}; pretraining {row['pretrain_steps']} steps, fine-tuning "
-            f"{row['steps']} steps per method at peak lr {row['lr']:g}; row time "
-            f"{row['seconds'] / 60:.1f} min.",
+            f"{row['steps']} steps per method at peak lr {row['lr']:g}; seeds {seeds}; row time "
+            f"{row['seconds'] / 60:.1f} min (run {row['invocation'] + 1}).",
             "",
             "| method | collapsed | accuracy | per seed |",
             "|---|---|---|---|",
@@ -443,14 +460,59 @@ def markdown(result: dict[str, Any]) -> str:
             )
             lines.append(f"| {m} | {collapsed} | {r['mean']:.2f} ± {r['sem']:.2f} | {per_seed} |")
         best = s["best fixed λ"]
-        lines += ["", f"Best fixed λ that collapsed in every seed: {best['which']}.", ""]
-    lines += [
-        f"Machine: {cfg['machine']}; total {result['seconds'] / 60:.1f} min; load average at "
-        f"start {result['load_start']}, at end {result['load_end']} (2 cores shared with "
-        "other jobs).",
-        "",
-    ]
-    return "\n".join(lines)
+        lines += [
+            "",
+            f"Best fixed λ that collapsed in every seed: {best['which']}.",
+            "",
+            "Paired differences (method minus reference, seed by seed; mean ± standard error):",
+            "",
+            "| method | " + " | ".join(f"− {ref}" for ref in PAIRED_AGAINST) + " |",
+            "|---|" + "---|" * len(PAIRED_AGAINST),
+        ]
+        for m in row["names"][3:]:
+            cells = []
+            for ref in PAIRED_AGAINST:
+                mean, sem = paired(row["runs"], m, ref)
+                cells.append("—" if m == ref else f"{mean:+.2f} ± {sem:.2f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for i, run in enumerate(result["invocations"]):
+        lines.append(
+            f"Run {i + 1} ({', '.join(run['rows'])}): {run['config']['machine']}; total "
+            f"{run['seconds'] / 60:.1f} min; load average at start {run['load_start']}, at end "
+            f"{run['load_end']} (2 cores shared with other jobs)."
+        )
+    return "\n".join([*lines, ""])
+
+
+def merged(out: Path, invocation: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """This run's rows beside the rows of ``out`` it did not redo, each row pointing at the
+    invocation that measured it (a file from before invocations were recorded is one run)."""
+    old: dict[str, Any] = {"invocations": [], "rows": []}
+    if out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        if "invocations" not in old:
+            keys = [r["key"] for r in old["rows"]]
+            old["invocations"] = [
+                {"rows": keys, **{k: old[k] for k in ("config", "seconds", "load_start",
+                                                      "load_end")}}
+            ]  # fmt: skip
+            for r in old["rows"]:
+                r["invocation"] = 0
+    redone = {r["key"] for r in rows}
+    kept = [r for r in old["rows"] if r["key"] not in redone]
+    used = sorted({r["invocation"] for r in kept})
+    renumber = {old_index: new for new, old_index in enumerate(used)}
+    for r in kept:
+        r["invocation"] = renumber[r["invocation"]]
+    invocations = [old["invocations"][i] for i in used] + [invocation]
+    for r in rows:
+        r["invocation"] = len(invocations) - 1
+    order = ["mixer", "vit", "minilm"]
+    return {
+        "invocations": invocations,
+        "rows": sorted(kept + rows, key=lambda r: order.index(r["key"])),
+    }
 
 
 def main() -> None:
@@ -464,13 +526,22 @@ def main() -> None:
     parser.add_argument("--pretrain-steps-text", type=int, default=64)
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--test-size", type=int, default=5_000)
-    parser.add_argument("--blocks", type=int, default=2, help="image rows: last k blocks")
+    parser.add_argument("--mixer-blocks", type=int, default=2, help="Mixer: last k blocks")
+    parser.add_argument("--vit-blocks", type=int, default=4, help="ViT: last k blocks")
     parser.add_argument("--layers", type=int, default=2, help="MiniLM: trained top layers")
     parser.add_argument("--image-lr", type=float, default=1e-3)
     parser.add_argument("--text-lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=1)  # 2 threads: 2.5x slower, shared
     parser.add_argument("--quick", action="store_true", help="tiny sizes, /tmp")
+    parser.add_argument(
+        "--render", type=Path, help="rewrite this results JSON's .md from its runs, no training"
+    )
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return
     if args.quick:
         args.steps = args.text_steps = 12
         args.pretrain_steps = args.pretrain_steps_text = 12
@@ -516,16 +587,17 @@ def main() -> None:
             "names": names, "runs": runs, "summary": summary(runs, names),
             "seconds": time.perf_counter() - row_start,
         })  # fmt: skip
-    result = {
+    invocation = {
+        "rows": args.rows,
         "config": {**vars(args), "batch": BATCH, "tolerance": TOLERANCE, "pulls": PULLS,
                    "calibration": CALIBRATION,
                    "machine": f"{platform.machine()}, torch {torch.__version__}, "
                               f"{args.threads} thread(s)"},
-        "rows": rows,
         "seconds": time.perf_counter() - start,
         "load_start": load_start,
         "load_end": load_avg(),
     }  # fmt: skip
+    result = merged(out, invocation, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
