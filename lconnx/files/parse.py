@@ -67,12 +67,13 @@ def _parse_split(view: mmap.mmap) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(bytes(head))
     del head
     released = 0
-    for start, end in slices:
-        model.graph.initializer.add().ParseFromString(view[start:end])
-        page_end = end - end % mmap.PAGESIZE
-        if page_end > released:  # these pages are parsed: drop them from the process
-            view.madvise(mmap.MADV_DONTNEED, released, page_end - released)
-            released = page_end
+    with memoryview(view) as pages:  # slices of it are parsed in place, not copied first
+        for start, end in slices:
+            model.graph.initializer.add().ParseFromString(pages[start:end])
+            page_end = end - end % mmap.PAGESIZE
+            if page_end > released:  # these pages are parsed: drop them from the process
+                view.madvise(mmap.MADV_DONTNEED, released, page_end - released)
+                released = page_end
     return model
 
 
