@@ -240,7 +240,7 @@ def measure(case: Case, work: Path, mem_cap: int | None, timeout_s: float) -> di
 
 #: Functions whose cumulative time is each phase of the pass (substring of pstats' key).
 PHASES = {
-    "load (onnx.checker on the file + parse)": ("lconnx/io.py", "load_model"),
+    "load (parse + weightless onnx.checker)": ("lconnx/io.py", "load_model"),
     "graphsurgeon import": ("onnx_graphsurgeon", "import_onnx"),
     "shape inference": ("lconnx/graph/shapes.py", "inferred_value_info"),
     "chain finding": ("lconnx/passes/chains.py", "find_chains"),
@@ -248,7 +248,7 @@ PHASES = {
     "folding": ("lconnx/passes/fold.py", "fold"),
     "graphsurgeon export": ("onnx_graphsurgeon", "export_onnx"),
     "re-inference after export": ("lconnx/graph/shapes.py", "reinfer"),
-    "onnx.checker on the result": ("lconnx/io.py", "check_in_memory"),
+    "onnx.checker on the result (weightless)": ("lconnx/io.py", "check_light"),
     "save": ("lconnx/io.py", "save_model"),
     "printing the per-site table (rich)": ("rich/console.py", "print"),
 }

@@ -153,12 +153,6 @@ def _shown(path: Path) -> str:
     return ext.printable(os.fsdecode(path))
 
 
-def check_in_memory(model: onnx.ModelProto) -> bool:
-    """Full onnx.checker check of a model in memory, any size (it runs weightless)."""
-    check_light(model, full=True)
-    return True
-
-
 def model_data_bytes(model: onnx.ModelProto) -> int:
     """Bytes the model's inline tensors take by their dims: decides whether it fits in one
     protobuf, without touching (or copying) a weight."""

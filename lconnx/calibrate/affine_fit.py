@@ -40,7 +40,7 @@ from lconnx.passes.chains import (
     linears_multiply,
     profitable,
 )
-from lconnx.passes.fold import Names, fold_round, non_overlapping
+from lconnx.passes.fold import Names, fold_in_rounds
 from lconnx.passes.linear import foreign_op
 from lconnx.passes.middle import Affine, match_middle
 
@@ -364,16 +364,16 @@ def fold_fitted(
     merged linear); returns the keys folded, in order."""
     pending = dict(fits)
     done: list[tuple[str, str]] = []
-    protected = facts.outputs | facts.subgraph_refs
-    while pending:
+
+    def ready() -> list[Chain]:
         candidates, _ = fit_candidates(graph, facts, allow_growth=True)
-        ready = [c.chain for c in candidates if c.key in pending]
-        batch = non_overlapping(ready)
-        if not batch:
-            break
+        return [c.chain for c in candidates if c.key in pending]
+
+    def taking(batch: list[Chain], _round: int) -> None:
         for chain in batch:
             fit = pending.pop(chain.key)
             chain.maps = [Affine(scale=fit.scale, shift=fit.shift)]
             done.append(chain.key)
-        fold_round(graph, batch, names, protected)
+
+    fold_in_rounds(graph, names, facts.outputs | facts.subgraph_refs, ready, taking)
     return done

@@ -32,7 +32,7 @@ from lconnx.calibrate.measure import (
 )
 from lconnx.errors import LconnxError, UnsupportedModelError, first_line
 from lconnx.graph.model import export_graph, import_graph, parameter_count
-from lconnx.io import check_in_memory, check_proto, load_model
+from lconnx.io import check_light, check_proto, load_model
 from lconnx.passes.chains import Chain, GraphFacts
 from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names
@@ -192,17 +192,16 @@ def collapse_with_budget(
         "final": current_meas.to_dict() | {"sites_taken": taken},
     }
     _set_provenance(current, report, metric, limit)
-    checked = True
     if check and current is not model:
         try:
-            checked = check_in_memory(current)
+            check_light(current, full=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise UnsupportedModelError(
                 f"the folded model fails onnx.checker: {first_line(exc)}"
             ) from exc
     report.params_after = parameter_count(current)
     report.nodes_after = len(current.graph.node)
-    return CollapseResult(current, report, external, checked)
+    return CollapseResult(current, report, external)
 
 
 def _facts(graph: Any, model: onnx.ModelProto) -> GraphFacts:

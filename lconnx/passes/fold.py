@@ -10,7 +10,9 @@ their weights disappear from the exported graph only if nothing else still reads
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -139,6 +141,28 @@ def splice(nodes: list[gs.Node], anchors: dict[int, list[gs.Node]], dropped: set
     return out
 
 
+#: Each round at least halves a run of foldable linears, so this bounds any real graph.
+MAX_ROUNDS = 64
+
+
+def fold_in_rounds(
+    graph: gs.Graph,
+    names: Names,
+    protected: set[str],
+    ready: Callable[[], list[Chain]],
+    taking: Callable[[list[Chain], int], None],
+) -> None:
+    """The one round loop (whole-block and fitted folds): each round folds a non-overlapping
+    batch of the chains ``ready()`` finds on the graph as it now is, so a run of k foldable
+    linears ends as one; ``taking(batch, round)`` hears each batch before it is folded."""
+    for round_number in range(1, MAX_ROUNDS + 1):
+        batch = non_overlapping(ready())
+        if not batch:
+            return
+        taking(batch, round_number)
+        fold_round(graph, batch, names, protected)
+
+
 def fold_round(graph: gs.Graph, batch: list[Chain], names: Names, protected: set[str]) -> None:
     """Fold a round's non-overlapping chains; each fused linear takes its chain's place."""
     anchors: dict[int, list[gs.Node]] = {}
@@ -171,41 +195,79 @@ def detach(nodes: list[gs.Node]) -> None:
 def _rewrite(chain: Chain, names: Names) -> tuple[list[gs.Node], list[gs.Node], list[gs.Tensor]]:
     """The fused linear's nodes, the chain's nodes (still attached) and the tensors they read."""
     weight, bias = merged_affine(chain)
-    first, second = chain.first, chain.second
-    elem_type = first.elem_type
-    base = names.fresh(base_name(first.head.name or first.head.op) + SUFFIX)
-    x, y = first.x, second.y
-
+    base = names.fresh(base_name(chain.first.head.name or chain.first.head.op) + SUFFIX)
+    x, y = chain.first.x, chain.second.y
     removed = list(chain.nodes)
     fed_by = [t for node in removed for t in node.inputs if t is not x]
-
-    two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
-    if first.feature_axis == 1:
-        kernel = weight.T.reshape(weight.shape[1], weight.shape[0], *[1] * first.spatial_rank)
-        inputs = [x, make_constant(names.fresh(f"{base}/weight"), kernel, elem_type)]
-        if bias is not None:
-            inputs.append(make_constant(names.fresh(f"{base}/bias"), bias, elem_type))
-        new = [gs.Node("Conv", name=base, inputs=inputs, outputs=[y])]
-    elif two_d:
-        inputs = [x, make_constant(names.fresh(f"{base}/weight"), weight.T, elem_type)]
-        if bias is not None:
-            inputs.append(make_constant(names.fresh(f"{base}/bias"), bias, elem_type))
-        attrs = {"transB": 1}
-        if first.trans_a:
-            attrs["transA"] = 1
-        new = [gs.Node("Gemm", name=base, attrs=attrs, inputs=inputs, outputs=[y])]
-    else:
-        w = make_constant(names.fresh(f"{base}/weight"), weight, elem_type)
-        if bias is None:
-            new = [gs.Node("MatMul", name=base, inputs=[x, w], outputs=[y])]
-        else:
-            product = gs.Variable(names.fresh(f"{base}/matmul_output"), dtype=y.dtype)
-            b = make_constant(names.fresh(f"{base}/bias"), bias, elem_type)
-            new = [
-                gs.Node("MatMul", name=base, inputs=[x, w], outputs=[product]),
-                gs.Node("Add", name=names.fresh(f"{base}_bias"), inputs=[product, b], outputs=[y]),
-            ]
+    form = LinearForm.of(chain)
+    new = form.emit(names, base, None, x, weight, bias, y, trans_a=chain.first.trans_a)
     return new, removed, fed_by
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """How a rewritten linear is written, so it matches the graph it goes into: a pointwise
+    ``Conv`` where channels are on axis 1, ``Gemm`` where the input is 2-D (or the chain's
+    head was a Gemm), else ``MatMul`` + ``Add``. The one emitter of the whole-block and the
+    partial fold."""
+
+    elem_type: int
+    dtype: Any  # of the tensors between the emitted nodes
+    two_d: bool
+    spatial_rank: int | None = None  # channels on axis 1: a pointwise Conv of this rank
+
+    @classmethod
+    def of(cls, chain: Chain) -> LinearForm:
+        first, x = chain.first, chain.first.x
+        two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
+        conv = first.spatial_rank if first.feature_axis == 1 else None
+        return cls(first.elem_type, chain.second.y.dtype, two_d, conv)
+
+    def emit(
+        self,
+        names: Names,
+        base: str,
+        what: str | None,
+        x: gs.Tensor,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        y: gs.Tensor,
+        trans_a: bool = False,
+    ) -> list[gs.Node]:
+        """Nodes computing ``y = x·weight (+ bias)`` (``weight``: (d_in, d_out), float64).
+
+        Named after ``base`` (the node itself) or, with ``what``, ``base/what`` (one of
+        several linears written for one site); every name is fresh."""
+        label = base if what is None else f"{base}/{what}"
+        prefix = f"{base}/" if what is None else f"{base}/{what}_"
+
+        def const(part: str, values: np.ndarray) -> gs.Constant:
+            return make_constant(names.fresh(prefix + part), values, self.elem_type)
+
+        node_name = names.fresh(label) if what is not None else label
+        if self.spatial_rank is not None:
+            kernel = weight.T.reshape(weight.shape[1], weight.shape[0], *[1] * self.spatial_rank)
+            inputs = [x, const("weight", kernel)]
+            if bias is not None:
+                inputs.append(const("bias", bias))
+            return [gs.Node("Conv", name=node_name, inputs=inputs, outputs=[y])]
+        if self.two_d:
+            inputs = [x, const("weight", weight.T)]
+            if bias is not None:
+                inputs.append(const("bias", bias))
+            attrs = {"transB": 1} | ({"transA": 1} if trans_a else {})
+            return [gs.Node("Gemm", name=node_name, attrs=attrs, inputs=inputs, outputs=[y])]
+        w = const("weight", weight)
+        if bias is None:
+            return [gs.Node("MatMul", name=node_name, inputs=[x, w], outputs=[y])]
+        product_name = f"{base}/matmul_output" if what is None else f"{base}/{what}_matmul"
+        product = gs.Variable(names.fresh(product_name), dtype=self.dtype)
+        b = const("bias", bias)
+        add_name = names.fresh(f"{base}_bias" if what is None else f"{base}/{what}_bias_add")
+        return [
+            gs.Node("MatMul", name=node_name, inputs=[x, w], outputs=[product]),
+            gs.Node("Add", name=add_name, inputs=[product, b], outputs=[y]),
+        ]
 
 
 def base_name(name: str) -> str:

@@ -34,7 +34,14 @@ from lconnx.passes.chains import (
     index_linears,
     middles_affine,
 )
-from lconnx.passes.fold import Names, base_name, detach, orphaned_producers, splice
+from lconnx.passes.fold import (
+    LinearForm,
+    Names,
+    base_name,
+    detach,
+    orphaned_producers,
+    splice,
+)
 from lconnx.passes.middle import compose, slope_values
 from lconnx.passes.report import Site
 
@@ -263,51 +270,13 @@ def _rewrite(plan: _Plan, names: Names, protected: set[str]) -> tuple[list[gs.No
             op, name=names.fresh(f"{base}/{what}"), attrs=attrs, inputs=inputs, outputs=outputs
         )
 
-    two_d = first.head.op == "Gemm" or (x.shape is not None and len(x.shape) == 2)
-    new: list[gs.Node] = []
+    form = LinearForm.of(chain)
     direct, narrow_in, narrow_act, narrow_out = var("direct"), var("fc1"), var("act"), var("fc2")
-    if two_d:
-        trans = {"transA": 1} if first.trans_a else {}
-        direct_inputs = [x, const("direct_weight", parts["direct_w"].T)]
-        if parts["direct_b"] is not None:
-            direct_inputs.append(const("direct_bias", parts["direct_b"]))
-        new.append(node("Gemm", "direct", direct_inputs, [direct], transB=1, **trans))
-        fc1_inputs = [x, const("fc1_weight", parts["w1"].T)]
-        if parts["b1"] is not None:
-            fc1_inputs.append(const("fc1_bias", parts["b1"]))
-        new.append(node("Gemm", "fc1", fc1_inputs, [narrow_in], transB=1, **trans))
-    else:
-        direct_w = const("direct_weight", parts["direct_w"])
-        if parts["direct_b"] is None:
-            new.append(node("MatMul", "direct", [x, direct_w], [direct]))
-        else:
-            product = var("direct_matmul")
-            new.append(node("MatMul", "direct", [x, direct_w], [product]))
-            bias = const("direct_bias", parts["direct_b"])
-            new.append(node("Add", "direct_bias_add", [product, bias], [direct]))
-        if parts["b1"] is None:
-            new.append(node("MatMul", "fc1", [x, const("fc1_weight", parts["w1"])], [narrow_in]))
-        else:
-            fc1 = var("fc1_matmul")
-            new.append(node("MatMul", "fc1", [x, const("fc1_weight", parts["w1"])], [fc1]))
-            new.append(
-                node("Add", "fc1_bias_add", [fc1, const("fc1_bias", parts["b1"])], [narrow_in])
-            )
+    trans_a = first.trans_a
+    new = form.emit(names, base, "direct", x, parts["direct_w"], parts["direct_b"], direct, trans_a)
+    new += form.emit(names, base, "fc1", x, parts["w1"], parts["b1"], narrow_in, trans_a)
     new.append(node("PRelu", "act", [narrow_in, const("slope", parts["slope"])], [narrow_act]))
-    if two_d:
-        new.append(
-            node(
-                "Gemm",
-                "fc2",
-                [narrow_act, const("fc2_weight", parts["w2"].T)],
-                [narrow_out],
-                transB=1,
-            )
-        )
-    else:
-        new.append(
-            node("MatMul", "fc2", [narrow_act, const("fc2_weight", parts["w2"])], [narrow_out])
-        )
+    new += form.emit(names, base, "fc2", narrow_act, parts["w2"], None, narrow_out)
     new.append(node("Add", "sum", [narrow_out, direct], [y]))
     removed.extend(orphaned_producers(fed_by, protected))
     return new, removed

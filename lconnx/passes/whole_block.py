@@ -19,17 +19,22 @@ import onnx_graphsurgeon as gs
 from lconnx.errors import UnsupportedModelError, UsageError, first_line
 from lconnx.graph.model import export_graph, import_graph, parameter_count
 from lconnx.graph.subgraphs import node_subgraphs
-from lconnx.io import check_in_memory, check_proto, load_model
+from lconnx.io import check_light, check_proto, load_model
 from lconnx.memory import release_garbage
-from lconnx.passes.chains import GraphFacts, decide, find_chains, index_linears, whole_block_rules
+from lconnx.passes.chains import (
+    Chain,
+    GraphFacts,
+    decide,
+    find_chains,
+    index_linears,
+    whole_block_rules,
+)
 from lconnx.passes.empty_note import no_site_note
-from lconnx.passes.fold import Names, fold_round, non_overlapping, overflow_rejection
+from lconnx.passes.fold import Names, fold_in_rounds, overflow_rejection
 from lconnx.passes.partial import collapse_partially
 from lconnx.passes.report import Report, Site, site_of
 
 DEFAULT_TOLERANCE = 0.05
-#: Each round at least halves a run of foldable linears, so this bounds any real graph.
-MAX_ROUNDS = 64
 
 
 @dataclass
@@ -39,7 +44,6 @@ class CollapseResult:
     model: onnx.ModelProto
     report: Report
     external_data: bool = False
-    checked: bool = True  # False: too large to check in memory; check it when saving
 
 
 def collapse(
@@ -75,7 +79,6 @@ def collapse(
     )
     report.sites = list(sites.values())
 
-    checked = True
     if report.folded == 0:
         result = model  # untouched: keeps the pass idempotent byte for byte
         report.notes.extend(_quantized_note(model))
@@ -87,7 +90,7 @@ def collapse(
         release_garbage()
         if check:
             try:
-                checked = check_in_memory(result)
+                check_light(result, full=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise UnsupportedModelError(
                     "the folded model fails onnx.checker (is the input valid under "
@@ -95,7 +98,7 @@ def collapse(
                 ) from exc
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)
-    return CollapseResult(result, report, external, checked)
+    return CollapseResult(result, report, external)
 
 
 def analyze(
@@ -163,23 +166,21 @@ def _run_rounds(
     sites: dict[tuple[str, str], Site],
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    protected = facts.outputs | facts.subgraph_refs
     rules = whole_block_rules(tolerance, allow_growth)
-    for round_number in range(1, MAX_ROUNDS + 1):
-        linears = index_linears(graph, facts, convs=True)
-        chains = decide(find_chains(linears, facts), facts, rules)
-        for chain in chains:
-            sites[chain.key] = site_of(chain, folded=False)
+
+    def ready() -> list[Chain]:
+        """This round's decisions, each reported; the chains free to fold."""
+        chains = decide(find_chains(index_linears(graph, facts, convs=True), facts), facts, rules)
         for chain in chains:
             if chain.rejection is None:
                 chain.rejection = overflow_rejection(chain)
-                if chain.rejection is not None:
-                    sites[chain.key] = site_of(chain, folded=False)
-        batch = non_overlapping([c for c in chains if c.rejection is None])
-        if not batch:
-            break
+            sites[chain.key] = site_of(chain, folded=False)
+        return [c for c in chains if c.rejection is None]
+
+    def taking(batch: list[Chain], round_number: int) -> None:
         for chain in batch:
             sites[chain.key] = site_of(chain, folded=True)
         if progress is not None:
             progress(f"folding: round {round_number}, {len(batch)} site(s)")
-        fold_round(graph, batch, names, protected)
+
+    fold_in_rounds(graph, names, facts.outputs | facts.subgraph_refs, ready, taking)
