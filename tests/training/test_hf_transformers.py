@@ -127,7 +127,7 @@ def test_llama_gated_mlp_is_rejected_with_its_reason():
     assert found.blocks == []
     assert len(found.rejected) == 2
     assert all(r.reason == GATED_REASON for r in found.rejected), found.rejected
-    assert found.rejected[0].fc1 == "layers.0.mlp.gate_proj"
+    assert found.rejected[0].nodes[0] == "layers.0.mlp.gate_proj"
     report = make_collapsible(model)
     assert report.blocks == [] and GATED_REASON in str(report)
 
@@ -202,7 +202,7 @@ def test_an_unknown_activation_module_is_reported_not_ignored():
     found = discover(model)
     assert found.blocks == []
     [rejection] = found.rejected
-    assert rejection.act == "1" and "SquashAct is not a known activation" in rejection.reason
+    assert rejection.nodes[1] == "1" and "SquashAct is not a known activation" in rejection.reason
     # a norm between two Linears is not an activation at all: no candidate, no noise
     plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
     assert discover(plain).rejected == []
