@@ -32,6 +32,7 @@ from lconnx.passes.chains import (
 from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names, fold_in_rounds, overflow_rejection
 from lconnx.passes.partial import collapse_partially
+from lconnx.passes.refused_linears import refused_linear_notes
 from lconnx.passes.report import Report, Site, site_of
 
 DEFAULT_TOLERANCE = 0.05
@@ -78,13 +79,16 @@ def collapse(
         graph, declared, Names.of(graph), tolerance, allow_growth, sites, partial, progress
     )
     report.sites = list(sites.values())
+    refused = refused_linear_notes(graph, GraphFacts.of(graph, declared))
 
     if report.folded == 0:
         result = model  # untouched: keeps the pass idempotent byte for byte
         report.notes.extend(_quantized_note(model))
         if not report.sites and not report.notes:  # an empty table says why it is empty
             report.notes.append(no_site_note(graph, GraphFacts.of(graph, declared)))
+        report.notes.extend(refused)
     else:
+        report.notes.extend(refused)
         result = export_graph(graph, model, report.provenance())
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
