@@ -79,11 +79,14 @@ def check_light(model: onnx.ModelProto, full: bool = False) -> None:
         )
 
 
-def parse_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """The model proto without its external data, or a one-line ModelLoadError."""
+def parse_model(path: str | os.PathLike[str], weights: bool = True) -> onnx.ModelProto:
+    """The model proto without its external data, or a one-line ModelLoadError.
+
+    ``weights=False``: without the main graph's inline weight bytes either, for planning
+    (which files the model reads) at a fraction of a full parse."""
     path = _checked_input_path(path)
     try:
-        model = parse_file(path)
+        model = parse_file(path, weights)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelLoadError(
             f"{_shown(path)}: not a valid ONNX model (truncated or not ONNX): {first_line(exc)}"

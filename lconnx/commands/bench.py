@@ -17,7 +17,7 @@ def run_bench(args: argparse.Namespace) -> int:
     plan = OutputPlan()
     for model in args.models:
         plan.read(model, "benchmarked model")
-        for data in sorted(external_data_paths(parse_model(model), model)):
+        for data in sorted(external_data_paths(parse_model(model, weights=False), model)):
             plan.read(data, "external data of a benchmarked model")
     if args.data:
         plan.read(args.data, "--data")

@@ -47,7 +47,7 @@ def plan_folder(source: Path, target: Path) -> FolderJob:
         raise OutputPathError(f"{target}: the input is a folder, so the output must be a folder")
     if target.exists() and os.path.samefile(target, source):
         raise OutputPathError(f"{target}: output folder equals the input folder")
-    data = {p.resolve() for p in external_data_paths(parse_model(chosen), chosen)}
+    data = {p.resolve() for p in external_data_paths(parse_model(chosen, weights=False), chosen)}
     job = FolderJob(model=chosen, output_model=target / chosen.name)
     for path in sorted(source.iterdir()):
         if path.is_file() and path != chosen and path.resolve() not in data:

@@ -23,6 +23,7 @@ SPLIT_FROM_BYTES = 64 * 2**20
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
+_TENSOR_RAW_DATA = 9  # TensorProto.raw_data
 _LENGTH_DELIMITED = 2
 
 
@@ -30,22 +31,39 @@ class _Unexpected(Exception):
     """The framing is not one this reader handles; parse the plain way."""
 
 
-def parse_file(path: Path) -> onnx.ModelProto:
-    """The model in ``path``; protobuf's own errors (DecodeError…) for bytes that are not one."""
+def parse_file(path: Path, weights: bool = True) -> onnx.ModelProto:
+    """The model in ``path``; protobuf's own errors (DecodeError…) for bytes that are not one.
+
+    ``weights=False``: the main graph's initializers come without their inline bytes (dims,
+    type and external references intact), for callers that only plan (which files a model
+    reads); on a large file that is a fraction of a full parse."""
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(0)
         if size < SPLIT_FROM_BYTES:
-            return onnx.ModelProto.FromString(handle.read())
+            model = onnx.ModelProto.FromString(handle.read())
+            if not weights:
+                for tensor in model.graph.initializer:
+                    tensor.ClearField("raw_data")
+            return model
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             try:
-                return _parse_split(view)
+                return _parse_split(view, weights)
             except _Unexpected:
                 pass
             return onnx.ModelProto.FromString(view[:])
 
 
-def _parse_split(view: mmap.mmap) -> onnx.ModelProto:
+def _without_raw_data(view: mmap.mmap, start: int, end: int) -> bytes:
+    """A serialised TensorProto without its ``raw_data`` field."""
+    return b"".join(
+        view[record:stop]
+        for field, _, record, _, stop in _fields(view, start, end)
+        if field != _TENSOR_RAW_DATA
+    )
+
+
+def _parse_split(view: mmap.mmap, weights: bool = True) -> onnx.ModelProto:
     head = bytearray()  # the model with an initializer-less graph
     slices: list[tuple[int, int]] = []
     graphs = 0
@@ -67,6 +85,10 @@ def _parse_split(view: mmap.mmap) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(bytes(head))
     del head
     released = 0
+    if not weights:
+        for start, end in slices:
+            model.graph.initializer.add().ParseFromString(_without_raw_data(view, start, end))
+        return model
     with memoryview(view) as pages:  # slices of it are parsed in place, not copied first
         for start, end in slices:
             model.graph.initializer.add().ParseFromString(pages[start:end])

@@ -72,7 +72,7 @@ def quantize_int8(
     """
     quantization = _quantization_module()
     src = Path(model_path)
-    inputs = external_data_paths(parse_model(src), src)
+    inputs = external_data_paths(parse_model(src, weights=False), src)
     plan = OutputPlan().read(src, "input model").write(out_path, "output model")
     for path in sorted(inputs):
         plan.read(path, "input's external data")

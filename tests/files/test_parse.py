@@ -142,3 +142,19 @@ def test_a_large_model_loads_with_its_bytes_held_once(tmp_path):
     assert growth < 1.4 * path.stat().st_size, f"{growth / 1e6:.0f} MB for a 200 MB file"
     model, _ = load_model(path)
     assert model == _plain(path)
+
+
+def test_a_planning_parse_keeps_everything_but_the_inline_weight_bytes(tmp_path, split_always):
+    """``weights=False`` (bench and the folder form plan with it): dims, types and external
+    references are there, the inline bytes are not."""
+    inline = tmp_path / "inline.onnx"
+    onnx.save_model(_with_subgraph(), str(inline))
+    external = tmp_path / "external.onnx"
+    onnx.save_model(_with_subgraph(), str(external), save_as_external_data=True, size_threshold=0)
+    for path in (inline, external):
+        expected = _plain(path)
+        for tensor in expected.graph.initializer:
+            tensor.ClearField("raw_data")
+        assert parse.parse_file(path, weights=False) == expected
+    planned = parse.parse_file(external, weights=False)
+    assert all(t.external_data for t in planned.graph.initializer if t.dims)
