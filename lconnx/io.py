@@ -93,8 +93,8 @@ def parse_model(path: str | os.PathLike[str], weights: bool = True) -> onnx.Mode
         ) from exc
     except OSError as exc:
         raise ModelLoadError(f"{_shown(path)}: cannot read: {exc.strerror}") from None
-    if model.ir_version <= 0 or not model.HasField("graph"):
-        raise ModelLoadError(f"{_shown(path)}: not an ONNX model (no ir_version or graph)")
+    if not _has_header(model):
+        raise ModelLoadError(f"{_shown(path)}: {NOT_A_MODEL}")
     return model
 
 
@@ -103,10 +103,18 @@ def check_proto(model: onnx.ModelProto) -> None:
     and weights loaded (never read relative to the working directory)."""
     if not isinstance(model, onnx.ModelProto):
         raise ModelLoadError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
-    if model.ir_version <= 0 or not model.HasField("graph"):
-        raise ModelLoadError("not an ONNX model (no ir_version or graph)")
+    if not _has_header(model):
+        raise ModelLoadError(NOT_A_MODEL)
     check_text(model)
     ext.check_loaded(model)
+
+
+NOT_A_MODEL = "not an ONNX model (no ir_version or graph)"
+
+
+def _has_header(model: onnx.ModelProto) -> bool:
+    """What every ONNX model has and a protobuf that merely parses may lack."""
+    return model.ir_version > 0 and model.HasField("graph")
 
 
 def check_text(model: onnx.ModelProto) -> None:
