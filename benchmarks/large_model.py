@@ -28,7 +28,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "models")]
 from measure import run_measured  # noqa: E402
 from synthetic import transformer_mlp_model  # noqa: E402
 
-from lconnx.runtime.machine import ram_bytes  # noqa: E402
+from lconnx.runtime import ram_bytes  # noqa: E402
 
 GB = 1e9
 

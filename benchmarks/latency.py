@@ -48,12 +48,18 @@ from synthetic import transformer_mlp_model  # noqa: E402
 
 import lconnx  # noqa: E402
 from lconnx.errors import MissingDependencyError  # noqa: E402
-from lconnx.render.bench import human_bytes, machine_line, to_markdown  # noqa: E402
-from lconnx.render.plots import write_plots  # noqa: E402
-from lconnx.runtime.bench import benchmark  # noqa: E402
-from lconnx.runtime.compare import verify_models  # noqa: E402
-from lconnx.runtime.inputs import random_inputs  # noqa: E402
-from lconnx.runtime.session import provider_unavailable  # noqa: E402
+from lconnx.render import (  # noqa: E402
+    human_bytes,
+    machine_line,
+    to_markdown,
+    write_plots,
+)
+from lconnx.runtime import (  # noqa: E402
+    benchmark,
+    provider_unavailable,
+    random_inputs,
+    verify_models,
+)
 
 GOAL = 0.9  # measured speedup ≥ GOAL × FLOP-ideal speedup
 PRELU, COLLAPSED = "PReLU original", "collapsed"

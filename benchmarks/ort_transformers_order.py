@@ -48,10 +48,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import lconnx  # noqa: E402
-from lconnx.graph.model import parameter_count  # noqa: E402
-from lconnx.runtime.bench import benchmark  # noqa: E402
-from lconnx.runtime.machine import machine_info  # noqa: E402
-from lconnx.runtime.session import make_session  # noqa: E402
+from lconnx.graph import parameter_count  # noqa: E402
+from lconnx.runtime import (  # noqa: E402
+    benchmark,
+    machine_info,
+    make_session,
+)
 from lconnx.training import CollapsiblePReLU, export_onnx, make_collapsible  # noqa: E402
 from models.hf_import import import_transformers  # noqa: E402
 

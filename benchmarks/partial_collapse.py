@@ -49,7 +49,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import lconnx  # noqa: E402
-from lconnx.graph.flops import count_flops  # noqa: E402
+from lconnx.graph import count_flops  # noqa: E402
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     PartialCollapseRegularizer,

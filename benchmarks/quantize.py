@@ -47,11 +47,14 @@ from data import Dataset, load_fashion_mnist, load_vader  # noqa: E402
 from recipe import evaluate, num_threads, train  # noqa: E402
 
 import lconnx  # noqa: E402
+from lconnx.graph import quantized_op_counts  # noqa: E402
 from lconnx.io import save_model  # noqa: E402
-from lconnx.render.bench import human_bytes, machine_line  # noqa: E402
-from lconnx.runtime.bench import benchmark  # noqa: E402
-from lconnx.runtime.quantize import quantize_int8, quantized_op_counts  # noqa: E402
-from lconnx.runtime.session import make_session  # noqa: E402
+from lconnx.render import human_bytes, machine_line  # noqa: E402
+from lconnx.runtime import (  # noqa: E402
+    benchmark,
+    make_session,
+    quantize_int8,
+)
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     export_onnx,

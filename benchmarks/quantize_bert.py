@@ -39,11 +39,13 @@ from ort_transformers_order import build_bert, export  # noqa: E402
 
 import lconnx  # noqa: E402
 from lconnx.io import load_model, save_model  # noqa: E402
-from lconnx.render.bench import human_bytes, machine_line  # noqa: E402
-from lconnx.runtime.bench import benchmark  # noqa: E402
-from lconnx.runtime.compare import verify_models  # noqa: E402
-from lconnx.runtime.inputs import random_inputs  # noqa: E402
-from lconnx.runtime.quantize import quantize_int8  # noqa: E402
+from lconnx.render import human_bytes, machine_line  # noqa: E402
+from lconnx.runtime import (  # noqa: E402
+    benchmark,
+    quantize_int8,
+    random_inputs,
+    verify_models,
+)
 
 BASE = "GELU original"
 #: (variant, the float model its output is compared with), in timing order

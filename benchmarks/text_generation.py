@@ -55,12 +55,16 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import lconnx  # noqa: E402
-from lconnx.graph.flops import count_flops  # noqa: E402
-from lconnx.graph.model import parameter_count  # noqa: E402
+from lconnx.graph import (  # noqa: E402
+    count_flops,
+    parameter_count,
+)
 from lconnx.io import save_model  # noqa: E402
-from lconnx.runtime.bench import benchmark  # noqa: E402
-from lconnx.runtime.machine import machine_info  # noqa: E402
-from lconnx.runtime.session import make_session  # noqa: E402
+from lconnx.runtime import (  # noqa: E402
+    benchmark,
+    machine_info,
+    make_session,
+)
 from lconnx.training import (  # noqa: E402
     LayerCollapseRegularizer,
     export_onnx,

@@ -51,9 +51,9 @@ from data import load_fashion_mnist, load_vader  # noqa: E402
 from recipe import num_threads, train  # noqa: E402
 
 from lconnx import collapse_with_budget  # noqa: E402
-from lconnx.calibrate.measure import embedding_error  # noqa: E402
-from lconnx.render.budget import curve_markdown  # noqa: E402
-from lconnx.runtime.session import make_session  # noqa: E402
+from lconnx.calibrate import embedding_error  # noqa: E402
+from lconnx.render import curve_markdown  # noqa: E402
+from lconnx.runtime import make_session  # noqa: E402
 
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")

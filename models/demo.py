@@ -32,9 +32,8 @@ from torch import nn
 
 import lconnx
 from lconnx.io import save_model
-from lconnx.render.bench import render_bench, write_outputs
-from lconnx.runtime.bench import benchmark
-from lconnx.runtime.compare import verify_models
+from lconnx.render import render_bench, write_outputs
+from lconnx.runtime import benchmark, verify_models
 from lconnx.training import LayerCollapseRegularizer, export_onnx, make_collapsible, param_groups
 
 console = Console(width=None if Console().is_terminal else 120)
