@@ -211,7 +211,7 @@ def fit_candidates(
         seen.add(chain.key)
         label = activation_label(chain, facts)
         if isinstance(label, Rejection):
-            chain.rejection = label.reason
+            chain.rejection = label
         elif decide([chain], facts, rules)[0].rejection is None:
             candidates.append(FitSite(chain, label))
             continue

@@ -82,7 +82,7 @@ class Chain:
     second: Linear
     cost: ChainCost
     dtype: str
-    rejection: str | None = None
+    rejection: Rejection | None = None  # why it may not fold (None: it may)
     slope_deviation: float | None = None
     hidden: list[gs.Tensor] = field(default_factory=list)
     composites: list[Composite] = field(default_factory=list)
@@ -148,7 +148,7 @@ def decide(chains: list[Chain], facts: GraphFacts, rules: Sequence[Rule]) -> lis
         for rule in rules:
             rejection = rule(chain, facts)
             if rejection is not None:
-                chain.rejection = rejection.reason
+                chain.rejection = rejection
                 break
     return chains
 

@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from lconnx.errors import Rejection
 from lconnx.graph.subgraphs import nested_graphs
 from lconnx.graph.tensors import make_constant
 from lconnx.passes.chains import Chain
@@ -78,7 +79,7 @@ def merged_affine(chain: Chain) -> tuple[np.ndarray, np.ndarray | None]:
 _NARROW_FLOATS = {"FLOAT16": np.float16, "BFLOAT16": ml_dtypes.bfloat16}
 
 
-def overflow_rejection(chain: Chain) -> str | None:
+def overflow_rejection(chain: Chain) -> Rejection | None:
     """Why a fp16 / bf16 chain cannot fold: its merged weights would not fit the type (the
     cast would write inf). Costs one extra product, and only for those narrow types."""
     narrow = _NARROW_FLOATS.get(chain.dtype)
@@ -91,7 +92,10 @@ def overflow_rejection(chain: Chain) -> str | None:
         float(np.abs(bias).max(initial=0.0)) if bias is not None else 0.0,
     )
     if not worst <= limit:
-        return f"merged weights overflow {chain.dtype.lower()} (max |w| {worst:.3g} > {limit:.5g})"
+        return Rejection(
+            f"merged weights overflow {chain.dtype.lower()} (max |w| {worst:.3g} > {limit:.5g})",
+            tuple(n.name for n in chain.nodes),
+        )
     return None
 
 

@@ -246,7 +246,7 @@ def site_of(chain: Chain, folded: bool, reason: str | None = None) -> Site:
     cost = chain.cost
     if reason is None:
         shows_after = folded or chain.rejection is None
-        reason = "folded" if folded else chain.rejection or "foldable"
+        reason = "folded" if folded else getattr(chain.rejection, "reason", "foldable")
     else:
         shows_after = folded
     return Site(

@@ -23,6 +23,11 @@ MS = "com.microsoft"
 FUSED = {"BiasGelu": True, "FastGelu": True, "Gelu": False, "QuickGelu": False}
 
 
+def _reasons(chains: list) -> list[str]:
+    """Each skipped chain's reason, as the report shows it."""
+    return [c.rejection.reason for c in chains if c.rejection is not None]
+
+
 def fused_mlp(
     op: str, h: int = 32, d: int = 8, domain: str = MS, runtime_bias: bool = False
 ) -> onnx.ModelProto:
@@ -69,7 +74,7 @@ def _feeds(n: int = 256, d: int = 8) -> dict[str, np.ndarray]:
 def test_each_fused_activation_is_a_fit_site(op):
     graph, facts = _graph(fused_mlp(op))
     sites, skipped = fit_candidates(graph, facts)
-    assert [s.label for s in sites] == [f"{MS}:{op}"], [c.rejection for c in skipped]
+    assert [s.label for s in sites] == [f"{MS}:{op}"], _reasons(skipped)
     assert (sites[0].pre, sites[0].post, sites[0].hidden) == ("z", "a", 32)
 
 
@@ -108,7 +113,7 @@ def test_a_fused_activation_whose_bias_is_a_graph_input_is_not_fitted():
     graph, facts = _graph(fused_mlp("BiasGelu", runtime_bias=True))
     sites, skipped = fit_candidates(graph, facts)
     assert sites == []
-    assert [c.rejection for c in skipped] == ["BiasGelu reads 'b0', which is not a constant"]
+    assert _reasons(skipped) == ["BiasGelu reads 'b0', which is not a constant"]
 
 
 def test_a_foreign_op_with_an_onnx_name_is_not_an_activation():
@@ -117,7 +122,7 @@ def test_a_foreign_op_with_an_onnx_name_is_not_an_activation():
     graph, facts = _graph(fused_mlp("Relu", domain="com.acme"))
     sites, skipped = fit_candidates(graph, facts)
     assert sites == []
-    assert [c.rejection for c in skipped] == ["com.acme:Relu is not an ONNX-domain op"]
+    assert _reasons(skipped) == ["com.acme:Relu is not an ONNX-domain op"]
 
 
 def test_the_budget_pass_takes_a_fused_site():

@@ -24,7 +24,10 @@ def _reasons(m: onnx.ModelProto) -> list[str | None]:
     graph = import_graph(m)
     facts = GraphFacts.of(graph, {vi.name for vi in m.graph.input})
     chains = find_chains(index_linears(graph, facts, convs=True), facts)
-    return [c.rejection for c in decide(chains, facts, whole_block_rules(0.05, False))]
+    return [
+        c.rejection.reason if c.rejection else None
+        for c in decide(chains, facts, whole_block_rules(0.05, False))
+    ]
 
 
 def _model(
