@@ -17,8 +17,8 @@ exported with ``lconnx.training.export_onnx`` (TorchScript, as HF optimum export
   original fused by ORT, and the FLOP ideal: the encoder's FLOPs over the same less what the folds
   saved (the report's FLOPs per token times the sequence). The encoder's FLOPs are counted
   from the config (projections, FFN, attention's two products), because the fused graphs hide
-  theirs in contrib ops and the exported graphs' reshapes of symbolic dims hide them from
-  ``lconnx.graph.flops``.
+  theirs in contrib ops, which ``lconnx.graph.flops`` does not count (it does count the
+  exported, unfused graphs, at any batch).
 
 Every output is compared with the original's in onnxruntime (max abs difference of the last
 hidden state). Writes ``OUT/ort_transformers_order.{json,md}``.

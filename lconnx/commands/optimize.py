@@ -59,11 +59,11 @@ def _optimize_file(
     from lconnx.io import lconnx_data_files, load_model, save_model
     from lconnx.passes.report import render_table
     from lconnx.passes.whole_block import collapse
-    from lconnx.runtime.inputs import load_data
+    from lconnx.runtime.inputs import DATA_FIXES_SHAPES, load_data
 
     given_shapes = shapes(args)
     if args.data and given_shapes:
-        raise UsageError("--shape applies to random inputs only; --data fixes the shapes")
+        raise UsageError(DATA_FIXES_SHAPES)
     budgeted = args.max_accuracy_drop is not None or args.max_embedding_error is not None
     if budgeted and not args.data:
         raise UsageError("--max-accuracy-drop / --max-embedding-error need calibration --data")

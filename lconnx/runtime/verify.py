@@ -14,7 +14,13 @@ from lconnx.errors import (
     VerificationError,
 )
 from lconnx.runtime.compare import Comparison, verify_models
-from lconnx.runtime.inputs import LABELS_KEY, input_specs, load_data, random_inputs
+from lconnx.runtime.inputs import (
+    DATA_FIXES_SHAPES,
+    LABELS_KEY,
+    input_specs,
+    load_data,
+    random_inputs,
+)
 from lconnx.runtime.session import ModelLike
 
 #: Relative output change (max |a − b| / max |a|) past which ``optimize`` warns, bound or not.
@@ -121,7 +127,7 @@ def verify(
     labels = None
     if data is not None:
         if shapes:
-            raise LconnxError("--shape applies to random inputs only; --data fixes the shapes")
+            raise LconnxError(DATA_FIXES_SHAPES)
         feeds, labels = load_data(data, ref_model)
         source = str(data)
     else:
