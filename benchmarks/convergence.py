@@ -1,6 +1,7 @@
 """Does training reach collapse? Deadline band vs fixed λ vs the old README recipe.
 
     nice -n 10 python benchmarks/convergence.py [--quick] [--seeds 0 1] [--out PREFIX]
+        [--datasets diabetes ...] [--optimisers "SGD 0.03" ...]
 
 Data: four data sets that ship inside scikit-learn (no download): breast_cancer (2 classes),
 wine (3), digits (10) and diabetes (regression; its score is test R² × 100). Features are
@@ -15,7 +16,9 @@ blocks with one slope each. Settings:
   then its GELUs become PReLUs with the least-squares slope (``init="fit"``).
 
 Each setting then runs ``STEPS`` optimiser steps (batch 64) under one optimiser — Adam at
-1e-4, 3e-4, 3e-3 (no weight decay) or SGD 0.03 with momentum 0.9 — and one method:
+1e-4, 3e-4, 3e-3 (no weight decay), SGD 0.03 with momentum 0.9 at a constant rate, or the same
+SGD with the rate decayed to 0 by a cosine over the run (what a real recipe does) — and one
+method:
 
 * ``none``: no regulariser (tells which settings diverge anyway);
 * ``band``: ``LayerCollapseRegularizer(model, deadline_steps=0.7·STEPS)`` attached to the
@@ -25,8 +28,12 @@ Each setting then runs ``STEPS`` optimiser steps (batch 64) under one optimiser 
 
 A run *collapses* when ``collapse_(tolerance=0.05)`` folds both blocks; its score is then
 measured on the folded model (the model a user would ship), otherwise on the trained model.
-A run *diverges* when the loss or a slope becomes non-finite. Writes ``PREFIX.json`` and
-``PREFIX.md`` (default ``benchmarks/results/convergence``; ``--quick`` writes under /tmp).
+A run *diverges* when the loss or a slope becomes non-finite. Because a single final score
+can land anywhere in the bounce of a constant-rate optimiser, every run also records the
+trained model's test score after each of the last 10% of the steps: their mean (the *tail
+score*, what the run reaches with the bounce averaged out) and standard deviation (how far
+the final score can land from it). Writes ``PREFIX.json`` and ``PREFIX.md`` (default
+``benchmarks/results/convergence``; ``--quick`` writes under /tmp).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -58,6 +66,7 @@ from lconnx.training import (  # noqa: E402
 )
 
 STEPS = 600
+TAIL_FRACTION = 0.1  # the last 10% of steps: their test scores give the tail score and spread
 BATCH = 64
 TOLERANCE = 0.05
 DEADLINE_FRACTION = 0.7
@@ -67,7 +76,9 @@ OPTIMISERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] =
     "Adam 3e-4": lambda g: torch.optim.Adam(g, lr=3e-4),
     "Adam 3e-3": lambda g: torch.optim.Adam(g, lr=3e-3),
     "SGD 0.03": lambda g: torch.optim.SGD(g, lr=0.03, momentum=0.9),
+    "SGD 0.03 cosine": lambda g: torch.optim.SGD(g, lr=0.03, momentum=0.9),
 }
+DECAYED = {"SGD 0.03 cosine"}  # rate decayed to 0 over the run by a cosine
 METHODS = ["none", "band", "lambda=0.01", "lambda=1", "lambda=10", "old recipe"]
 FIXED = ["lambda=0.01", "lambda=1", "lambda=10"]
 
@@ -99,6 +110,8 @@ class Run:
     score: float  # accuracy % (R² × 100 for diabetes) of the shipped model
     score_trained: float  # before folding
     seconds: float
+    tail_score: float = math.nan  # mean test score over the last 10% of steps (trained model)
+    tail_sd: float = math.nan  # their standard deviation: the bounce of the final score
 
 
 def load(name: str, seed: int) -> Data:
@@ -201,10 +214,16 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
     model = start_model(data, mode, seed, base)
     reg = regulariser(model, method, steps)
     opt = OPTIMISERS[opt_name](param_groups(model, 0.0))
+    sched = (
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+        if opt_name in DECAYED
+        else None
+    )
     handle = reg.attach(opt) if reg is not None and method == "band" else None
     diverged = False
-    model.train()
-    for xb, yb in batches(data, steps, seed):
+    tail: list[float] = []
+    for i, (xb, yb) in enumerate(batches(data, steps, seed)):
+        model.train()
         loss = loss_fn(data, model(xb), yb)
         if reg is not None and method != "band":
             loss = loss + reg.loss()
@@ -216,6 +235,10 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
         opt.step()
         if reg is not None and method != "band":
             reg.step()
+        if sched is not None:
+            sched.step()
+        if i >= steps - round(TAIL_FRACTION * steps):
+            tail.append(score(model, data))
     if handle is not None:
         handle.remove()
     slopes = [m.weight for n, m in model.named_modules() if type(m).__name__ == "CollapsiblePReLU"]
@@ -225,8 +248,12 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
     report = collapse_(model, tolerance=TOLERANCE)
     collapsed = not diverged and len(report.folded) == 2
     shipped = score(model, data) if not diverged else float("nan")
+    tail_score, tail_sd = (
+        (float(np.mean(tail)), float(np.std(tail))) if tail and not diverged else (math.nan,) * 2
+    )
     return Run(data.name, mode, opt_name, method, seed, diverged, collapsed, deviation,
-               shipped, trained, time.perf_counter() - start)  # fmt: skip
+               shipped, trained, time.perf_counter() - start, tail_score,
+               tail_sd)  # fmt: skip
 
 
 def summarise(runs: list[Run]) -> dict[str, Any]:
@@ -261,23 +288,55 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                 "settings": len(rs),
                 "mean_score": float(np.mean([r.score for r in rs if not r.diverged] or [math.nan])),
             }
-    gaps = []
-    for v in valid.values():
-        best = [v[m].score for m in FIXED if v[m].collapsed]
-        if best and v["band"].collapsed:
-            gaps.append(v["band"].score - max(best))
+    gaps, tail_gaps, misses = [], [], []
+    for k, v in valid.items():
+        rivals = [v[m] for m in FIXED if v[m].collapsed]
+        if not rivals or not v["band"].collapsed:
+            continue
+        best = max(rivals, key=lambda r: r.score)
+        gaps.append(v["band"].score - best.score)
+        tail_gaps.append(v["band"].tail_score - max(r.tail_score for r in rivals))
+        if gaps[-1] < -0.5:
+            misses.append({
+                "setting": list(k), "best": best.method, "gap": gaps[-1],
+                "tail_gap": tail_gaps[-1], "band_tail_sd": v["band"].tail_sd,
+                "best_tail_sd": best.tail_sd,
+            })  # fmt: skip
     band_vs_best = {
         "settings_compared": len(gaps),
         "mean_gap": float(np.mean(gaps)) if gaps else math.nan,
         "min_gap": float(np.min(gaps)) if gaps else math.nan,
         "within_half_point": int(sum(g >= -0.5 for g in gaps)),
+        "mean_tail_gap": float(np.mean(tail_gaps)) if tail_gaps else math.nan,
+        "min_tail_gap": float(np.min(tail_gaps)) if tail_gaps else math.nan,
+        "tail_within_half_point": int(sum(g >= -0.5 for g in tail_gaps)),
+        "misses": misses,
     }
+    paired: dict[str, dict[str, Any]] = {}
+    for dataset, opt in dict.fromkeys((k[0], k[2]) for k in valid):
+        settings = [v for k, v in valid.items() if (k[0], k[2]) == (dataset, opt)]
+        for m in FIXED:
+            both = [s for s in settings if s["band"].collapsed and s[m].collapsed]
+            if len(both) < 2:
+                continue
+            final = np.array([s["band"].score - s[m].score for s in both])
+            tail = np.array([s["band"].tail_score - s[m].tail_score for s in both])
+            paired.setdefault(f"{dataset} · {opt}", {})[m] = {
+                "settings": len(both),
+                "final": float(final.mean()),
+                "final_sem": float(final.std(ddof=1) / math.sqrt(len(both))),
+                "tail": float(tail.mean()),
+                "tail_sem": float(tail.std(ddof=1) / math.sqrt(len(both))),
+                "band_tail_sd": float(np.mean([s["band"].tail_sd for s in both])),
+                "fixed_tail_sd": float(np.mean([s[m].tail_sd for s in both])),
+            }
     return {
         "valid_settings": len(valid),
         "excluded_diverged_without_regulariser": len(by_setting) - len(valid),
         "methods": table,
         "per_dataset": per_dataset,
         "band_vs_best_collapsed_fixed_lambda": band_vs_best,
+        "band_minus_fixed_lambda_paired": paired,
     }
 
 
@@ -311,7 +370,46 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Band against the best fixed λ that collapsed in the same setting "
         f"({g['settings_compared']} settings): mean {g['mean_gap']:+.2f} points, worst "
-        f"{g['min_gap']:+.2f}, within 0.5 points in {g['within_half_point']}.",
+        f"{g['min_gap']:+.2f}, within 0.5 points in {g['within_half_point']}. Tail scores "
+        f"(mean over the last {cfg['tail']} steps, the bounce averaged out): mean "
+        f"{g['mean_tail_gap']:+.2f}, worst {g['min_tail_gap']:+.2f}, within 0.5 points in "
+        f"{g['tail_within_half_point']}.",
+        "",
+    ]
+    if g["misses"]:
+        lines += [
+            "Settings where the band's final score is more than 0.5 points below the best "
+            "fixed λ (tail SD: standard deviation of the test score over the last "
+            f"{cfg['tail']} steps):",
+            "",
+            "| data | mode | optimiser | seed | best | final gap | tail gap "
+            "| tail SD band | tail SD best |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in g["misses"]:
+            d, mode, opt, seed = m["setting"]
+            lines.append(
+                f"| {d} | {mode} | {opt} | {seed} | {m['best']} | {m['gap']:+.2f} "
+                f"| {m['tail_gap']:+.2f} | {m['band_tail_sd']:.2f} | {m['best_tail_sd']:.2f} |"
+            )
+        lines.append("")
+    lines += [
+        "## Band minus each fixed λ, paired over the settings where both collapsed",
+        "",
+        "Mean ± standard error over settings (modes and seeds) of one data set and optimiser; "
+        "*final*: the shipped model's score, *tail*: the tail score; tail SD as above.",
+        "",
+        "| data · optimiser | λ | settings | final | tail | tail SD band | tail SD λ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for where, by_lambda in s["band_minus_fixed_lambda_paired"].items():
+        for m, c in by_lambda.items():
+            lines.append(
+                f"| {where} | {m} | {c['settings']} | {c['final']:+.2f} ± {c['final_sem']:.2f} "
+                f"| {c['tail']:+.2f} ± {c['tail_sem']:.2f} | {c['band_tail_sd']:.2f} "
+                f"| {c['fixed_tail_sd']:.2f} |"
+            )
+    lines += [
         "",
         "## Per data set (collapsed / settings, mean score)",
         "",
@@ -344,7 +442,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {d} | {mode} | {opt} | {seed} | " + " | ".join(cell(ms[m]) for m in METHODS) + " |"
         )
-    lines += ["", f"Machine: {cfg['machine']}; total {result['seconds']:.0f} s.", ""]
+    lines += [
+        "",
+        f"Machine: {cfg['machine']}; total {result['seconds']:.0f} s; load average at start "
+        f"{result['load_start']}, at end {result['load_end']} (2 cores shared with other jobs).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -352,6 +455,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 data sets, 150 steps, /tmp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
+    parser.add_argument("--optimisers", nargs="+", choices=list(OPTIMISERS), help="default: all")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--render", type=Path, help="re-summarise this JSON's runs into .json/.md, no training"
@@ -366,16 +471,17 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     steps = 150 if args.quick else STEPS
-    names = DATASETS[:2] if args.quick else DATASETS
+    names = args.datasets or (DATASETS[:2] if args.quick else DATASETS)
+    optimisers = args.optimisers or list(OPTIMISERS)
     out = args.out or (Path("/tmp/convergence") if args.quick else HERE / "results" / "convergence")
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     runs: list[Run] = []
     for seed in args.seeds:
         for name in names:
             data = load(name, seed)
             base = pretrained(data, seed, steps)
             for mode in ("scratch", "finetune"):
-                for opt_name in OPTIMISERS:
+                for opt_name in optimisers:
                     for method in METHODS:
                         r = run(data, mode, opt_name, method, seed, steps, base)
                         runs.append(r)
@@ -385,17 +491,20 @@ def main() -> None:
     result: dict[str, Any] = {
         "config": {
             "datasets": names,
-            "optimisers": list(OPTIMISERS),
+            "optimisers": optimisers,
             "methods": METHODS,
             "seeds": args.seeds,
             "steps": steps,
             "batch": BATCH,
             "deadline_fraction": DEADLINE_FRACTION,
             "tolerance": TOLERANCE,
+            "tail": round(TAIL_FRACTION * steps),
             "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
         },
         "runs": [asdict(r) for r in runs],
         "seconds": time.perf_counter() - start,
+        "load_start": load_start,
+        "load_end": [round(v, 2) for v in os.getloadavg()],
     }
     result["summary"] = summarise(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
