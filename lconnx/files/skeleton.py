@@ -16,7 +16,8 @@ from lconnx.files.external_data import expected_bytes, is_external, tensors_of
 #: Tensors up to this size keep their data: shape ops (Reshape, Expand…) read such values.
 KEEP_BYTES = 4096
 
-_DATA_FIELDS = (
+#: The TensorProto fields that hold values.
+DATA_FIELDS = (
     "raw_data",
     "float_data",
     "int32_data",
@@ -74,7 +75,7 @@ def _large(tensor: onnx.TensorProto) -> bool:
 
 
 def _strip(tensor: onnx.TensorProto, for_checker: bool) -> None:
-    for field in _DATA_FIELDS:
+    for field in DATA_FIELDS:
         tensor.ClearField(field)
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT

@@ -13,6 +13,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from lconnx.errors import UnsupportedModelError
 from lconnx.files.external_data import expected_bytes, is_external, tensors_of
+from lconnx.files.skeleton import DATA_FIELDS
 from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
 from lconnx.graph.subgraphs import nested_graphs
 
@@ -108,11 +109,7 @@ def _is_stub(tensor: onnx.TensorProto) -> bool:
     """A tensor with no data at all (as the stubs are), checked without copying any."""
     if tensor.HasField("raw_data") or is_external(tensor):
         return False
-    return not any(
-        len(getattr(tensor, field))
-        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data")
-        + ("uint64_data",)
-    )
+    return not any(len(getattr(tensor, f)) for f in DATA_FIELDS if f != "raw_data")
 
 
 def _hoist_initializers(result: onnx.ModelProto, original: onnx.ModelProto) -> None:

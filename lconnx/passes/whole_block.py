@@ -86,9 +86,7 @@ def collapse(
         report.notes.extend(_quantized_note(model))
         if not report.sites and not report.notes:  # an empty table says why it is empty
             report.notes.append(no_site_note(graph, GraphFacts.of(graph, declared)))
-        report.notes.extend(refused)
     else:
-        report.notes.extend(refused)
         result = export_graph(graph, model, report.provenance())
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
@@ -100,6 +98,7 @@ def collapse(
                     "the folded model fails onnx.checker (is the input valid under "
                     f"onnx.checker.check_model(full_check=True)?): {first_line(exc)}"
                 ) from exc
+    report.notes.extend(refused)
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)
     return CollapseResult(result, report, external)
