@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/convergence.py [--quick] [--seeds 0 1] [--out PREFIX]
         [--datasets diabetes ...] [--optimisers "SGD 0.03" ...]
+        [--deadline-fractions 0.01 0.1 0.3 0.7]
 
 Data: four data sets that ship inside scikit-learn (no download): breast_cancer (2 classes),
 wine (3), digits (10) and diabetes (regression; its score is test R² × 100). Features are
@@ -34,6 +35,13 @@ trained model's test score after each of the last 10% of the steps: their mean (
 score*, what the run reaches with the bounce averaged out) and standard deviation (how far
 the final score can land from it). Writes ``PREFIX.json`` and ``PREFIX.md`` (default
 ``benchmarks/results/convergence``; ``--quick`` writes under /tmp).
+
+``--deadline-fractions F ...`` sweeps where the band's deadline falls: the methods become
+``none``, one ``band@F`` per fraction (deadline at ``max(1, round(F·STEPS))``) and the fixed
+λ (no old recipe), and the summary gives, per data set and optimiser, each band's paired
+per-seed difference to the best fixed λ that collapsed in the same setting and to each fixed
+λ, final and tail scores, mean ± standard error. Default output then
+``benchmarks/results/convergence_deadline``.
 """
 
 from __future__ import annotations
@@ -198,11 +206,25 @@ def start_model(data: Data, mode: str, seed: int, base: nn.Sequential | None) ->
     return model
 
 
+def is_band(method: str) -> bool:
+    return method == "band" or method.startswith("band@")
+
+
+def band_method(fraction: float) -> str:
+    return f"band@{fraction:g}"
+
+
+def deadline_of(method: str, steps: int) -> int:
+    """The band's deadline step: ``band`` at DEADLINE_FRACTION, ``band@F`` at F of the run."""
+    fraction = DEADLINE_FRACTION if method == "band" else float(method.removeprefix("band@"))
+    return max(1, round(fraction * steps))
+
+
 def regulariser(model: nn.Module, method: str, steps: int) -> LayerCollapseRegularizer | None:
     if method == "none":
         return None
-    if method == "band":
-        return LayerCollapseRegularizer(model, deadline_steps=round(DEADLINE_FRACTION * steps))
+    if is_band(method):
+        return LayerCollapseRegularizer(model, deadline_steps=deadline_of(method, steps))
     if method == "old recipe":
         return LayerCollapseRegularizer(model, 1e-2, "linear_warmup", warmup_steps=100)
     return LayerCollapseRegularizer(model, float(method.removeprefix("lambda=")))
@@ -219,13 +241,13 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
         if opt_name in DECAYED
         else None
     )
-    handle = reg.attach(opt) if reg is not None and method == "band" else None
+    handle = reg.attach(opt) if reg is not None and is_band(method) else None
     diverged = False
     tail: list[float] = []
     for i, (xb, yb) in enumerate(batches(data, steps, seed)):
         model.train()
         loss = loss_fn(data, model(xb), yb)
-        if reg is not None and method != "band":
+        if reg is not None and not is_band(method):
             loss = loss + reg.loss()
         if not math.isfinite(loss.item()):
             diverged = True
@@ -233,7 +255,7 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if reg is not None and method != "band":
+        if reg is not None and not is_band(method):
             reg.step()
         if sched is not None:
             sched.step()
@@ -256,10 +278,16 @@ def run(data: Data, mode: str, opt_name: str, method: str, seed: int, steps: int
                tail_sd)  # fmt: skip
 
 
-def summarise(runs: list[Run]) -> dict[str, Any]:
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    a = np.array(values)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a)))
+
+
+def summarise(runs: list[Run], methods: list[str] = METHODS) -> dict[str, Any]:
     """Collapse rate and mean score per method and mode, over the settings whose
     unregularised run did not diverge; and the band's score against the best fixed λ
-    that collapsed in the same setting."""
+    that collapsed in the same setting. With several bands (a deadline sweep), the band
+    comparisons are made for each band under ``deadline_sweep``."""
     key = lambda r: (r.dataset, r.mode, r.optimiser, r.seed)  # noqa: E731
     by_setting: dict[tuple[Any, ...], dict[str, Run]] = {}
     for r in runs:
@@ -268,7 +296,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {}
     for mode in ("scratch", "finetune", "all"):
         settings = [v for k, v in valid.items() if mode in ("all", k[1])]
-        for method in METHODS:
+        for method in methods:
             rs = [s[method] for s in settings]
             done = [r for r in rs if r.collapsed]
             table.setdefault(method, {})[mode] = {
@@ -281,28 +309,83 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
     per_dataset: dict[str, dict[str, Any]] = {}
     for dataset in dict.fromkeys(k[0] for k in valid):
         settings = [v for k, v in valid.items() if k[0] == dataset]
-        for method in METHODS:
+        for method in methods:
             rs = [s[method] for s in settings]
             per_dataset.setdefault(dataset, {})[method] = {
                 "collapsed": sum(r.collapsed for r in rs),
                 "settings": len(rs),
                 "mean_score": float(np.mean([r.score for r in rs if not r.diverged] or [math.nan])),
             }
+    summary: dict[str, Any] = {
+        "valid_settings": len(valid),
+        "excluded_diverged_without_regulariser": len(by_setting) - len(valid),
+        "methods": table,
+        "per_dataset": per_dataset,
+    }
+    bands = [m for m in methods if is_band(m)]
+    if bands == ["band"]:
+        summary["band_vs_best_collapsed_fixed_lambda"] = band_vs_best(valid, "band")
+        summary["band_minus_fixed_lambda_paired"] = band_paired(valid, "band")
+        return summary
+    summary["deadline_sweep"] = {
+        band: {
+            "vs_best": band_vs_best(valid, band),
+            "paired_vs_best": band_paired_vs_best(valid, band, lambda k: (k[0], k[2])),
+            "paired_vs_best_by_mode": band_paired_vs_best(
+                valid, band, lambda k: (k[0], k[1], k[2])
+            ),
+            "paired": band_paired(valid, band),
+        }
+        for band in bands
+    }
+    default = band_method(DEADLINE_FRACTION)
+    if default in bands:
+        summary["deadline_sweep_vs_default"] = {
+            band: band_paired_vs(valid, band, default) for band in bands if band != default
+        }
+    return summary
+
+
+def band_paired_vs(
+    valid: dict[tuple[Any, ...], dict[str, Run]], band: str, other: str
+) -> dict[str, dict[str, Any]]:
+    """Per data set and optimiser, ``band`` minus ``other`` (another band), paired over the
+    settings where both collapsed."""
+    out: dict[str, dict[str, Any]] = {}
+    for dataset, opt in dict.fromkeys((k[0], k[2]) for k in valid):
+        both = [
+            v for k, v in valid.items()
+            if (k[0], k[2]) == (dataset, opt) and v[band].collapsed and v[other].collapsed
+        ]  # fmt: skip
+        if len(both) < 2:
+            continue
+        (f, f_sem) = mean_sem([v[band].score - v[other].score for v in both])
+        (t, t_sem) = mean_sem([v[band].tail_score - v[other].tail_score for v in both])
+        out[f"{dataset} · {opt}"] = {
+            "settings": len(both), "final": f, "final_sem": f_sem, "tail": t, "tail_sem": t_sem,
+            "band_tail": float(np.mean([v[band].tail_score for v in both])),
+            "other_tail": float(np.mean([v[other].tail_score for v in both])),
+        }  # fmt: skip
+    return out
+
+
+def band_vs_best(valid: dict[tuple[Any, ...], dict[str, Run]], band: str) -> dict[str, Any]:
+    """Per setting, ``band`` against the best fixed λ that collapsed there."""
     gaps, tail_gaps, misses = [], [], []
     for k, v in valid.items():
         rivals = [v[m] for m in FIXED if v[m].collapsed]
-        if not rivals or not v["band"].collapsed:
+        if not rivals or not v[band].collapsed:
             continue
         best = max(rivals, key=lambda r: r.score)
-        gaps.append(v["band"].score - best.score)
-        tail_gaps.append(v["band"].tail_score - max(r.tail_score for r in rivals))
+        gaps.append(v[band].score - best.score)
+        tail_gaps.append(v[band].tail_score - max(r.tail_score for r in rivals))
         if gaps[-1] < -0.5:
             misses.append({
                 "setting": list(k), "best": best.method, "gap": gaps[-1],
-                "tail_gap": tail_gaps[-1], "band_tail_sd": v["band"].tail_sd,
+                "tail_gap": tail_gaps[-1], "band_tail_sd": v[band].tail_sd,
                 "best_tail_sd": best.tail_sd,
             })  # fmt: skip
-    band_vs_best = {
+    return {
         "settings_compared": len(gaps),
         "mean_gap": float(np.mean(gaps)) if gaps else math.nan,
         "min_gap": float(np.min(gaps)) if gaps else math.nan,
@@ -312,35 +395,62 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "tail_within_half_point": int(sum(g >= -0.5 for g in tail_gaps)),
         "misses": misses,
     }
+
+
+def band_paired_vs_best(
+    valid: dict[tuple[Any, ...], dict[str, Run]],
+    band: str,
+    group: Callable[[tuple[Any, ...]], tuple[Any, ...]],
+) -> dict[str, dict[str, Any]]:
+    """Per group of settings, the paired per-setting difference ``band`` minus the best fixed
+    λ that collapsed in that setting (final: best final score; tail: best tail score), over
+    the settings where the band and at least one fixed λ collapsed."""
+    out: dict[str, dict[str, Any]] = {}
+    for g in dict.fromkeys(group(k) for k in valid):
+        final, tail = [], []
+        for k, v in valid.items():
+            rivals = [v[m] for m in FIXED if v[m].collapsed]
+            if group(k) != g or not rivals or not v[band].collapsed:
+                continue
+            final.append(v[band].score - max(r.score for r in rivals))
+            tail.append(v[band].tail_score - max(r.tail_score for r in rivals))
+        if len(final) < 2:
+            continue
+        (f, f_sem), (t, t_sem) = mean_sem(final), mean_sem(tail)
+        out[" · ".join(map(str, g))] = {
+            "settings": len(final), "final": f, "final_sem": f_sem, "tail": t, "tail_sem": t_sem,
+            "tail_within_half_point": int(sum(x >= -0.5 for x in tail)),
+        }  # fmt: skip
+    return out
+
+
+def band_paired(valid: dict[tuple[Any, ...], dict[str, Run]], band: str) -> dict[str, Any]:
+    """Per data set and optimiser, ``band`` minus each fixed λ, paired over the settings
+    where both collapsed."""
     paired: dict[str, dict[str, Any]] = {}
     for dataset, opt in dict.fromkeys((k[0], k[2]) for k in valid):
         settings = [v for k, v in valid.items() if (k[0], k[2]) == (dataset, opt)]
         for m in FIXED:
-            both = [s for s in settings if s["band"].collapsed and s[m].collapsed]
+            both = [s for s in settings if s[band].collapsed and s[m].collapsed]
             if len(both) < 2:
                 continue
-            final = np.array([s["band"].score - s[m].score for s in both])
-            tail = np.array([s["band"].tail_score - s[m].tail_score for s in both])
+            final = np.array([s[band].score - s[m].score for s in both])
+            tail = np.array([s[band].tail_score - s[m].tail_score for s in both])
             paired.setdefault(f"{dataset} · {opt}", {})[m] = {
                 "settings": len(both),
                 "final": float(final.mean()),
                 "final_sem": float(final.std(ddof=1) / math.sqrt(len(both))),
                 "tail": float(tail.mean()),
                 "tail_sem": float(tail.std(ddof=1) / math.sqrt(len(both))),
-                "band_tail_sd": float(np.mean([s["band"].tail_sd for s in both])),
+                "band_tail_sd": float(np.mean([s[band].tail_sd for s in both])),
                 "fixed_tail_sd": float(np.mean([s[m].tail_sd for s in both])),
             }
-    return {
-        "valid_settings": len(valid),
-        "excluded_diverged_without_regulariser": len(by_setting) - len(valid),
-        "methods": table,
-        "per_dataset": per_dataset,
-        "band_vs_best_collapsed_fixed_lambda": band_vs_best,
-        "band_minus_fixed_lambda_paired": paired,
-    }
+    return paired
 
 
 def markdown(result: dict[str, Any]) -> str:
+    if "deadline_sweep" in result["summary"]:
+        return markdown_sweep(result)
     s = result["summary"]
     cfg = result["config"]
     lines = [
@@ -451,6 +561,173 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_setting_table(result: dict[str, Any], methods: list[str]) -> list[str]:
+    lines = [
+        "| data | mode | optimiser | seed | " + " | ".join(methods) + " |",
+        "|---|---|---|---|" + "---|" * len(methods),
+    ]
+    rows: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for r in result["runs"]:
+        rows.setdefault((r["dataset"], r["mode"], r["optimiser"], r["seed"]), {})[r["method"]] = r
+
+    def cell(r: dict[str, Any]) -> str:
+        if r["diverged"]:
+            return "!"
+        return f"{r['score']:.1f}{'*' if r['collapsed'] else ''} ({r['tail_score']:.1f})"
+
+    for (d, mode, opt, seed), ms in rows.items():
+        lines.append(
+            f"| {d} | {mode} | {opt} | {seed} | " + " | ".join(cell(ms[m]) for m in methods) + " |"
+        )
+    return lines
+
+
+def markdown_sweep(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    cfg = result["config"]
+    methods = cfg["methods"]
+    sweep = s["deadline_sweep"]
+    bands = list(sweep)
+    deadlines = ", ".join(f"{b} at step {cfg['deadline_steps'][b]}" for b in bands)
+    lines = [
+        "# Convergence: where to put the band's deadline",
+        "",
+        f"`benchmarks/convergence.py --deadline-fractions "
+        f"{' '.join(f'{f:g}' for f in cfg['deadline_fractions'])}`: "
+        f"{', '.join(cfg['datasets'])} × {', '.join(cfg['optimisers'])} × scratch / fine-tune "
+        f"× seeds {cfg['seeds']}; {cfg['steps']} steps of batch {cfg['batch']}; {deadlines}; "
+        f"tolerance {cfg['tolerance']}. {s['valid_settings']} settings count "
+        f"({s['excluded_diverged_without_regulariser']} excluded: they diverge without any "
+        "regulariser). Score: test accuracy % (diabetes: R² × 100) of the folded model when it "
+        "collapsed, else of the trained one; *tail*: the trained model's test score averaged "
+        f"over the last {cfg['tail']} steps (the step-to-step bounce averaged out).",
+        "",
+        "| method | collapsed (scratch) | collapsed (fine-tune) | collapsed (all) "
+        "| mean score (all) | mean score of collapsed runs | diverged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, modes in s["methods"].items():
+        a, b, c = modes["scratch"], modes["finetune"], modes["all"]
+        lines.append(
+            f"| {method} | {a['collapsed']}/{a['settings']} | {b['collapsed']}/{b['settings']} "
+            f"| {c['collapsed']}/{c['settings']} | {c['mean_score']:.2f} "
+            f"| {c['mean_score_collapsed']:.2f} | {c['diverged']} |"
+        )
+
+    def grid(key: str, field: str) -> list[str]:
+        groups = list(dict.fromkeys(g for b in bands for g in sweep[b][key]))
+        out = ["| data · optimiser | " + " | ".join(bands) + " |", "|---|" + "---|" * len(bands)]
+        for g in groups:
+            cells = []
+            for b in bands:
+                c = sweep[b][key].get(g)
+                cells.append(
+                    "–" if c is None else
+                    f"{c[field]:+.2f} ± {c[field + '_sem']:.2f} ({c['settings']})"
+                )  # fmt: skip
+            out.append(f"| {g} | " + " | ".join(cells) + " |")
+        return out
+
+    lines += [
+        "",
+        "## Band minus the best fixed λ, paired per setting",
+        "",
+        "Per setting (data set, mode, optimiser, seed), the band's score minus the best score of "
+        "the fixed λ that collapsed in that setting (the best picked after the fact, per seed); "
+        "mean ± standard error over the settings of one data set and optimiser (both modes, "
+        "all seeds) where the band and at least one fixed λ collapsed (their count in brackets).",
+        "",
+        "Tail score:",
+        "",
+        *grid("paired_vs_best", "tail"),
+        "",
+        "Final score (the shipped model):",
+        "",
+        *grid("paired_vs_best", "final"),
+        "",
+        "Tail score, by mode:",
+        "",
+        *grid("paired_vs_best_by_mode", "tail"),
+        "",
+        "Over all settings (band against the best collapsed fixed λ, per setting):",
+        "",
+        "| band | settings | mean final gap | worst | within 0.5 | mean tail gap | worst "
+        "| within 0.5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in bands:
+        g = sweep[b]["vs_best"]
+        lines.append(
+            f"| {b} | {g['settings_compared']} | {g['mean_gap']:+.2f} | {g['min_gap']:+.2f} "
+            f"| {g['within_half_point']} | {g['mean_tail_gap']:+.2f} | {g['min_tail_gap']:+.2f} "
+            f"| {g['tail_within_half_point']} |"
+        )
+    vs_default = s.get("deadline_sweep_vs_default")
+    if vs_default:
+        default = band_method(DEADLINE_FRACTION)
+        others = list(vs_default)
+        groups = list(dict.fromkeys(g for b in others for g in vs_default[b]))
+        lines += [
+            "",
+            f"## Each band minus {default} (the documented default), paired per setting",
+            "",
+            "Mean ± standard error over the settings of one data set and optimiser (settings in "
+            f"brackets); also where no fixed λ collapsed. Mean tail score of {default} in the "
+            "second column.",
+            "",
+            f"| data · optimiser | {default} tail | "
+            + " | ".join(f"{b} tail | {b} final" for b in others)
+            + " |",
+            "|---|---|" + "---|---|" * len(others),
+        ]
+        for g in groups:
+            first = next(vs_default[b][g] for b in others if g in vs_default[b])
+            cells = [f"{first['other_tail']:.2f}"]
+            for b in others:
+                c = vs_default[b].get(g)
+                cells += (
+                    ["–", "–"] if c is None else [
+                        f"{c['tail']:+.2f} ± {c['tail_sem']:.2f} ({c['settings']})",
+                        f"{c['final']:+.2f} ± {c['final_sem']:.2f}",
+                    ]
+                )  # fmt: skip
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Band minus each fixed λ, paired over the settings where both collapsed",
+        "",
+        "Mean ± standard error over settings (modes and seeds) of one data set and optimiser; "
+        "final / tail as above (settings in brackets).",
+        "",
+        "| data · optimiser | λ | " + " | ".join(f"{b} final | {b} tail" for b in bands) + " |",
+        "|---|---|" + "---|---|" * len(bands),
+    ]
+    rows = dict.fromkeys((w, m) for b in bands for w, ms in sweep[b]["paired"].items() for m in ms)
+    for where, m in rows:
+        cells = []
+        for b in bands:
+            c = sweep[b]["paired"].get(where, {}).get(m)
+            if c is None:
+                cells += ["–", "–"]
+                continue
+            cells += [
+                f"{c['final']:+.2f} ± {c['final_sem']:.2f} ({c['settings']})",
+                f"{c['tail']:+.2f} ± {c['tail_sem']:.2f}",
+            ]
+        lines.append(f"| {where} | {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Per setting (final score, * = collapsed, ! = diverged; tail score in brackets)",
+        "",
+        *per_setting_table(result, methods),
+        "",
+        f"Machine: {cfg['machine']}; total {result['seconds']:.0f} s; load average at start "
+        f"{result['load_start']}, at end {result['load_end']} (2 cores shared with other jobs).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 data sets, 150 steps, /tmp")
@@ -459,12 +736,21 @@ def main() -> None:
     parser.add_argument("--optimisers", nargs="+", choices=list(OPTIMISERS), help="default: all")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--deadline-fractions",
+        type=float,
+        nargs="+",
+        help="sweep the band's deadline at these fractions of the run (one band per fraction; "
+        "no old recipe); default: one band at 0.7",
+    )
+    parser.add_argument(
         "--render", type=Path, help="re-summarise this JSON's runs into .json/.md, no training"
     )
     args = parser.parse_args()
     if args.render:
         result = json.loads(args.render.read_text())
-        result["summary"] = summarise([Run(**r) for r in result["runs"]])
+        result["summary"] = summarise(
+            [Run(**r) for r in result["runs"]], result["config"]["methods"]
+        )
         args.render.write_text(json.dumps(result, indent=1) + "\n")
         args.render.with_suffix(".md").write_text(markdown(result))
         print(markdown(result).split("## Per setting")[0])
@@ -473,7 +759,12 @@ def main() -> None:
     steps = 150 if args.quick else STEPS
     names = args.datasets or (DATASETS[:2] if args.quick else DATASETS)
     optimisers = args.optimisers or list(OPTIMISERS)
-    out = args.out or (Path("/tmp/convergence") if args.quick else HERE / "results" / "convergence")
+    fractions = args.deadline_fractions
+    if fractions and not all(0 < f <= 1 for f in fractions):
+        parser.error("--deadline-fractions must be in (0, 1]")
+    methods = ["none", *map(band_method, fractions), *FIXED] if fractions else METHODS
+    stem = "convergence_deadline" if fractions else "convergence"
+    out = args.out or (Path(f"/tmp/{stem}") if args.quick else HERE / "results" / stem)
     start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     runs: list[Run] = []
     for seed in args.seeds:
@@ -482,31 +773,36 @@ def main() -> None:
             base = pretrained(data, seed, steps)
             for mode in ("scratch", "finetune"):
                 for opt_name in optimisers:
-                    for method in METHODS:
+                    for method in methods:
                         r = run(data, mode, opt_name, method, seed, steps, base)
                         runs.append(r)
                         flag = "diverged" if r.diverged else ("collapsed" if r.collapsed else "-")
                         line = f"{name:13s} {mode:8s} {opt_name:9s} {method:11s} s{seed}"
                         print(f"{line} {r.score:7.2f} max|1-a| {r.max_deviation:.3g} {flag}")
+    config: dict[str, Any] = {
+        "datasets": names,
+        "optimisers": optimisers,
+        "methods": methods,
+        "seeds": args.seeds,
+        "steps": steps,
+        "batch": BATCH,
+        "deadline_fraction": DEADLINE_FRACTION,
+        "tolerance": TOLERANCE,
+        "tail": round(TAIL_FRACTION * steps),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
+    }
+    if fractions:
+        del config["deadline_fraction"]
+        config["deadline_fractions"] = fractions
+        config["deadline_steps"] = {m: deadline_of(m, steps) for m in methods if is_band(m)}
     result: dict[str, Any] = {
-        "config": {
-            "datasets": names,
-            "optimisers": optimisers,
-            "methods": METHODS,
-            "seeds": args.seeds,
-            "steps": steps,
-            "batch": BATCH,
-            "deadline_fraction": DEADLINE_FRACTION,
-            "tolerance": TOLERANCE,
-            "tail": round(TAIL_FRACTION * steps),
-            "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
-        },
+        "config": config,
         "runs": [asdict(r) for r in runs],
         "seconds": time.perf_counter() - start,
         "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
     }
-    result["summary"] = summarise(runs)
+    result["summary"] = summarise(runs, methods)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
