@@ -22,6 +22,7 @@ import math
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,8 +247,11 @@ def write_data(model: onnx.ModelProto, folder: Path, model_name: str) -> str | N
     partial = folder / "data.partial"
     digest = hashlib.sha256()
     moved: list[tuple[onnx.TensorProto, int, int]] = []
-    with open(partial, "wb") as handle:
+    # hashing and writing both release the GIL: each tensor is hashed on a second thread while
+    # it is written, in order (one hash in flight at a time), so the name costs no extra time
+    with open(partial, "wb") as handle, ThreadPoolExecutor(max_workers=1) as hasher:
         position = 0
+        hashed: Future[None] | None = None
         for tensor in initializers_of(model):
             if is_external(tensor) or not tensor.HasField("raw_data"):
                 continue
@@ -255,15 +259,19 @@ def write_data(model: onnx.ModelProto, folder: Path, model_name: str) -> str | N
             if len(data) < SIZE_THRESHOLD:
                 continue
             pad = (-position) % PAGE if len(data) >= ALIGN_FROM else 0
+            if hashed is not None:
+                hashed.result()
             if pad:
                 handle.write(b"\0" * pad)
                 digest.update(b"\0" * pad)
                 position += pad
+            hashed = hasher.submit(digest.update, data)
             handle.write(data)
-            digest.update(data)
             tensor.ClearField("raw_data")
             moved.append((tensor, position, len(data)))
             position += len(data)
+        if hashed is not None:
+            hashed.result()
         handle.flush()
         os.fsync(handle.fileno())
     if not moved:
