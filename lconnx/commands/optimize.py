@@ -90,11 +90,13 @@ def _optimize_file(
             input_files = model_files(args.input, plan.input_data)
     out = console(args.json)
     data = load_data(args.data, model) if budgeted else None  # one-line errors before any work
+    ops_before = Counter(n.op_type for n in model.graph.node)
     with timings.phase("pass"), progress.phase("folding"):
         if data is not None:
             result = _collapse_with_budget(args, model, data, out)
         else:
-            # checked below, on the written file, once the input's weights are freed
+            # checked when saving; in place: the input's untouched weights are not copied
+            # (``model`` becomes the result; it still has the input's inputs and embeddings)
             result = collapse(
                 model,
                 tolerance=args.tolerance,
@@ -102,6 +104,7 @@ def _optimize_file(
                 check=False,
                 partial=args.partial,
                 progress=progress.update,
+                in_place=True,
             )
     out.print(render_table(result.report, title=f"lconnx optimize {args.input}", width=out.width))
     if result.report.budget is not None:
@@ -109,7 +112,6 @@ def _optimize_file(
 
         out.print(render_curve(result.report.budget))
 
-    ops_before = Counter(n.op_type for n in model.graph.node)
     checking = not args.no_verify and result.report.folded
     verified: list[Any] = []  # the comparison, once the written file has been checked
     refused: list[LconnxError] = []  # a broken bound or missing fold: no model, a record

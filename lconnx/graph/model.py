@@ -4,15 +4,16 @@ the model's parameter count. No decisions here, and nothing of reports."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from lconnx.errors import UnsupportedModelError
-from lconnx.files.external_data import expected_bytes, is_external, tensors_of
+from lconnx.files.external_data import expected_bytes, graphs_of, is_external, tensors_of
 from lconnx.files.skeleton import DATA_FIELDS
 from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
 from lconnx.graph.subgraphs import nested_graphs
@@ -31,34 +32,103 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def export_graph(
-    graph: gs.Graph, original: onnx.ModelProto, provenance: Mapping[str, str]
+    graph: gs.Graph,
+    original: onnx.ModelProto,
+    provenance: Mapping[str, str],
+    *,
+    in_place: bool = False,
 ) -> onnx.ModelProto:
     """Export and restore everything the graph round trip should not change; ``provenance``
-    (what a pass did) goes into ``metadata_props``, replacing earlier values of its keys."""
+    (what a pass did) goes into ``metadata_props``, replacing earlier values of its keys.
+
+    ``in_place``: the result is built in ``original`` itself, which keeps every untouched
+    weight where it is instead of copying it (the caller gives ``original`` up: it becomes
+    the result). Both ways give the same model."""
     originals = _stub_weights(graph)
     try:
         result = gs.export_onnx(graph, do_type_check=False)
     finally:
         for constant, values in originals.values():
             constant._values = values
-    _fill_weights(result, originals)
     result.ir_version = original.ir_version
     del result.opset_import[:]
     result.opset_import.extend(original.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(result, field, getattr(original, field))
+    for owner, source, fields in (
+        (result, original, _MODEL_FIELDS),
+        (result.graph, original.graph, ("name", "doc_string")),
+    ):
+        for field in fields:  # only those set: an empty string set is one more field
+            owner.ClearField(field)
+            if source.HasField(field):
+                setattr(owner, field, getattr(source, field))
     _hoist_initializers(result, original)
     _restore_inputs(result, original)
-    result.graph.name = original.graph.name
-    result.graph.doc_string = original.graph.doc_string
     del result.metadata_props[:]
     for prop in original.metadata_props:
         if prop.key not in provenance:
             result.metadata_props.add(key=prop.key, value=prop.value)
     for key, value in provenance.items():
         result.metadata_props.add(key=key, value=value)
+    if in_place:
+        _move_into(original, result, originals)
+        result = original
+    else:
+        _fill_weights(tensors_of(result), originals)
     reinfer(result)
     return result
+
+
+_MODEL_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def _move_into(
+    original: onnx.ModelProto,
+    result: onnx.ModelProto,
+    originals: dict[str, tuple[gs.Constant, LazyValues]],
+) -> None:
+    """Make ``original`` the exported ``result`` without copying the weights it keeps.
+
+    Its main-graph initializers that the result still reads stay in place (renamed if the
+    export renamed them) and are put in the result's order; the others are dropped; the
+    result's new tensors, nodes and signatures are copied in. Stubs anywhere else (an If
+    body's own weights, a Constant node's value) are filled by copy first, while the
+    originals they point at still exist."""
+    main = original.graph
+    owned = {t.name for t in main.initializer}
+    kept: dict[str, str] = {}  # original name → exported name
+    for tensor in result.graph.initializer:
+        entry = originals.get(tensor.name)
+        if entry is not None and _is_stub(tensor) and entry[1].tensor.name in owned:
+            kept[entry[1].tensor.name] = tensor.name
+    exported = set(kept.values())
+    _fill_weights([t for t in result.graph.initializer if t.name not in exported], originals)
+    _fill_weights(_beyond_main_initializers(result), originals)
+    for index in reversed(range(len(main.initializer))):
+        if main.initializer[index].name not in kept:
+            del main.initializer[index]
+    for tensor in main.initializer:
+        tensor.name = kept[tensor.name]
+    main.initializer.extend(t for t in result.graph.initializer if t.name not in exported)
+    order = {t.name: i for i, t in enumerate(result.graph.initializer)}
+    main.initializer.sort(key=lambda t: order[t.name])
+    _take_fields(main, result.graph, skip="initializer")
+    _take_fields(original, result, skip="graph")
+
+
+def _take_fields(target: Message, source: Message, skip: str) -> None:
+    """Every field of ``target`` but ``skip`` becomes ``source``'s (presence included)."""
+    for field in target.DESCRIPTOR.fields:
+        if field.name == skip:
+            continue
+        target.ClearField(field.name)
+        value = getattr(source, field.name)
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif source.HasField(field.name):
+            if field.message_type is None:
+                setattr(target, field.name, value)
+            else:
+                getattr(target, field.name).CopyFrom(value)
 
 
 #: Weights from this size are exported as stubs and copied in once, into their final place.
@@ -92,11 +162,24 @@ def _stub_weights(graph: gs.Graph) -> dict[str, tuple[gs.Constant, LazyValues]]:
     return originals
 
 
+def _beyond_main_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model but the main graph's initializers: subgraph initializers and
+    Constant-style attributes, wherever they are."""
+    for depth, graph in enumerate(graphs_of(model)):
+        if depth:
+            yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+
+
 def _fill_weights(
-    model: onnx.ModelProto, originals: dict[str, tuple[gs.Constant, LazyValues]]
+    tensors: Iterable[onnx.TensorProto], originals: dict[str, tuple[gs.Constant, LazyValues]]
 ) -> None:
-    """Copy each stubbed weight's data into the exported model (under its exported name)."""
-    for tensor in tensors_of(model):
+    """Copy each stubbed weight's data into its exported tensor (under its exported name)."""
+    for tensor in tensors:
         entry = originals.get(tensor.name)
         if entry is None or not _is_stub(tensor):
             continue

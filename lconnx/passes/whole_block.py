@@ -55,8 +55,12 @@ def collapse(
     check: bool = True,
     partial: bool = False,
     progress: Callable[[str], None] | None = None,
+    in_place: bool = False,
 ) -> CollapseResult:
-    """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified.
+    """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified,
+    unless ``in_place``: then the result is built in the given proto, which keeps its
+    untouched weights where they are instead of copying them (a model read from a path is
+    always folded that way: nobody else holds it).
 
     ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
     a direct linear path plus a narrower MLP (``lconnx.passes.partial``), where that is cheaper.
@@ -66,6 +70,7 @@ def collapse(
     external = False
     if isinstance(model, (str, os.PathLike)):
         model, external = load_model(model)
+        in_place = True
     else:
         check_proto(model)
     report = Report(tolerance=tolerance, allow_growth=allow_growth, partial=partial)
@@ -87,7 +92,7 @@ def collapse(
         if not report.sites and not report.notes:  # an empty table says why it is empty
             report.notes.append(no_site_note(graph, GraphFacts.of(graph, declared)))
     else:
-        result = export_graph(graph, model, report.provenance())
+        result = export_graph(graph, model, report.provenance(), in_place=in_place)
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
         if check:

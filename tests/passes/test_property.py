@@ -27,6 +27,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from google.protobuf.message import Message
 from graphs import run
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
@@ -222,6 +223,26 @@ def test_collapse_chains_in_subgraphs(wrap: str, data: st.DataObject) -> None:
     check_chain(data.draw(chain_specs(wraps=(wrap,)), label="spec"))
 
 
+def _differences(a: onnx.ModelProto, b: onnx.ModelProto) -> list[str]:
+    """The model and graph fields set or encoded differently, for a failure message."""
+
+    def fields(message: Message) -> dict[str, bytes]:
+        return {
+            f.name: b"".join(
+                v.SerializeToString() if hasattr(v, "SerializeToString") else repr(v).encode()
+                for v in (value if f.is_repeated else [value])
+            )
+            for f, value in message.ListFields()
+            if f.name != "graph"
+        }
+
+    found = []
+    for where, x, y in (("model", a, b), ("graph", a.graph, b.graph)):
+        fx, fy = fields(x), fields(y)
+        found += [f"{where}.{n}" for n in sorted(fx.keys() | fy.keys()) if fx.get(n) != fy.get(n)]
+    return found
+
+
 def check_chain(spec: ChainSpec) -> None:
     """Build ``spec``'s model, collapse it and check properties 1–5 of the module doc."""
     _describe(spec)
@@ -231,6 +252,13 @@ def check_chain(spec: ChainSpec) -> None:
     result = lconnx.collapse(model, tolerance=spec.tolerance, allow_growth=spec.allow_growth)
     assert model.SerializeToString() == pristine, "collapse mutated its input"
     out = result.model
+    given_up = onnx.ModelProto.FromString(pristine)  # folded in place: the same model
+    in_place = lconnx.collapse(
+        given_up, tolerance=spec.tolerance, allow_growth=spec.allow_growth, in_place=True
+    )
+    assert in_place.model.SerializeToString() == out.SerializeToString(), _differences(
+        in_place.model, out
+    )
     onnx.checker.check_model(out, full_check=True)
 
     assert [i.name for i in out.graph.input] == [i.name for i in model.graph.input]
