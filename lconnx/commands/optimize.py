@@ -95,8 +95,10 @@ def _optimize_file(
         if data is not None:
             result = _collapse_with_budget(args, model, data, out)
         else:
-            # checked when saving; in place: the input's untouched weights are not copied
-            # (``model`` becomes the result; it still has the input's inputs and embeddings)
+            # checked when saving. With external data, in place: the input's untouched
+            # weights are not copied (``model`` becomes the result). Inline, a copy: the
+            # input is freed before the save serialises the result, and upb keeps dropped
+            # tensors' bytes until the whole proto is freed
             result = collapse(
                 model,
                 tolerance=args.tolerance,
@@ -104,7 +106,7 @@ def _optimize_file(
                 check=False,
                 partial=args.partial,
                 progress=progress.update,
-                in_place=True,
+                in_place=external,
             )
     out.print(render_table(result.report, title=f"lconnx optimize {args.input}", width=out.width))
     if result.report.budget is not None:

@@ -59,8 +59,11 @@ def collapse(
 ) -> CollapseResult:
     """Fold every foldable ``Linear → middle → Linear`` chain; the input is never modified,
     unless ``in_place``: then the result is built in the given proto, which keeps its
-    untouched weights where they are instead of copying them (a model read from a path is
-    always folded that way: nobody else holds it).
+    untouched weights where they are instead of copying them (a model read from a path with
+    external data is folded that way: nobody else holds it). The dropped weights' bytes stay
+    allocated until the proto is freed (upb frees a message's memory all at once), so in
+    place pays where the weights will be written outside, not where the result is
+    serialised whole.
 
     ``partial``: also split blocks whose per-unit slopes are only partly within tolerance into
     a direct linear path plus a narrower MLP (``lconnx.passes.partial``), where that is cheaper.
@@ -70,7 +73,7 @@ def collapse(
     external = False
     if isinstance(model, (str, os.PathLike)):
         model, external = load_model(model)
-        in_place = True
+        in_place = external
     else:
         check_proto(model)
     report = Report(tolerance=tolerance, allow_growth=allow_growth, partial=partial)

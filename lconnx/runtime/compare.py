@@ -170,12 +170,13 @@ def verify_models(
 ) -> Comparison:
     """Run both models on the same feeds and compare every output (and accuracy, with labels).
 
-    One session at a time, at onnxruntime's basic optimisation level by default: the check is
-    of the fold's numerics, and the full level's fusions and weight pre-packing would double
-    the time and memory of building each session. Paths are read by onnxruntime itself, which
-    spares a serialised copy of each model."""
-    reference = run(original, feeds, provider, opt_level=opt_level)
-    candidate = run(optimized, feeds, provider, opt_level=opt_level)
+    One session at a time, at onnxruntime's basic optimisation level by default and without
+    weight pre-packing: the check is of the fold's numerics, and the full level's fusions and
+    a pre-packed copy of every weight would double the time and memory of building each
+    session that runs once. Paths are read by onnxruntime itself, which spares a serialised
+    copy of each model."""
+    reference = run(original, feeds, provider, opt_level=opt_level, prepacking=False)
+    candidate = run(optimized, feeds, provider, opt_level=opt_level, prepacking=False)
     comparison = compare(reference, candidate, atol, rtol)
     if labels is not None:
         comparison.labels = label_stats(reference, candidate, labels, label_output)

@@ -63,12 +63,15 @@ def make_session(
     opt_level: str | None = None,
     threads: int | None = None,
     spinning: bool | None = None,
+    prepacking: bool = True,
 ) -> Any:
     """An onnxruntime session for ``model`` (large in-memory models go through a temp file).
 
     ``opt_level`` is a key of :data:`OPT_LEVELS` (default: onnxruntime's, ORT_ENABLE_ALL);
     ``threads`` fixes the intra-op thread count; ``spinning`` sets whether idle intra-op
-    threads spin (onnxruntime's default: yes).
+    threads spin (onnxruntime's default: yes). ``prepacking=False``: weights are not re-laid
+    out for the MatMul kernels, which spares a copy of them in a session that runs once (a
+    check), at some speed per run.
     """
     ort = import_onnxruntime()
     reason = provider_unavailable(provider)
@@ -90,6 +93,8 @@ def make_session(
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if spinning is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     providers = session_providers(provider)
     with tempfile.TemporaryDirectory() as tmp:
         source: str | bytes
@@ -127,10 +132,13 @@ def run(
     feeds: dict[str, np.ndarray],
     provider: str = "cpu",
     opt_level: str | None = None,
+    prepacking: bool = True,
 ) -> dict[str, np.ndarray]:
     """Outputs of ``model`` (a model, a path, or a session) on ``feeds``, by output name."""
     session: Any = (
-        model if hasattr(model, "run") else make_session(model, provider, opt_level=opt_level)
+        model
+        if hasattr(model, "run")
+        else make_session(model, provider, opt_level=opt_level, prepacking=prepacking)
     )
     names = [o.name for o in session.get_outputs()]
     try:
