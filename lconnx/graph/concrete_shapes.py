@@ -12,7 +12,7 @@ them concrete:
   ``onnx.reference`` on small values, each result becomes a constant, and inference runs
   again, until nothing more folds.
 
-Everything runs on a weightless copy (:func:`lconnx.graph.shapes.without_weights`), so models
+Everything runs on a weightless copy (:func:`lconnx.files.skeleton.weightless`), so models
 over 2 GB work and the model itself is never written to.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lconnx.graph.shapes import without_weights
+from lconnx.files.skeleton import weightless
 
 Shape = list[int]
 
@@ -45,7 +45,7 @@ def concrete_shapes(
 ) -> dict[str, Shape | None]:
     """name → concrete shape (None when unknown) with the inputs at ``input_shapes``; inputs
     not named keep their declared dims, symbolic ones set to 1."""
-    skeleton = without_weights(model)  # a light copy: never writes to ``model``
+    skeleton = weightless(model)  # a light copy: never writes to ``model``
     _bind_inputs(skeleton.graph, input_shapes)
     opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     values = {t.name: numpy_helper.to_array(t) for t in skeleton.graph.initializer if _has_data(t)}

@@ -14,16 +14,10 @@ from lconnx.files.skeleton import weightless
 from lconnx.graph.subgraphs import nested_graphs
 
 
-def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` for shape inference whose large tensors keep only name, dims, type
-    (``files.skeleton.weightless``); it never writes to ``model``."""
-    return weightless(model)
-
-
 def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Value infos for every intermediate tensor onnx can infer; [] when inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(without_weights(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
         return []
     return _all_value_info(inferred.graph)
