@@ -30,14 +30,14 @@ from lconnx.calibrate.measure import (
     Feeds,
     Measurement,
 )
-from lconnx.errors import LconnxError, UnsupportedModelError, first_line
+from lconnx.errors import LconnxError
 from lconnx.graph.model import export_graph, import_graph, parameter_count
-from lconnx.io import check_light, check_proto, load_model
+from lconnx.io import check_proto, load_model
 from lconnx.passes.chains import Chain, GraphFacts
 from lconnx.passes.empty_note import no_site_note
 from lconnx.passes.fold import Names
 from lconnx.passes.report import Report, site_of
-from lconnx.passes.whole_block import DEFAULT_TOLERANCE, CollapseResult, collapse
+from lconnx.passes.whole_block import DEFAULT_TOLERANCE, CollapseResult, check_folded, collapse
 
 Key = tuple[str, str]
 
@@ -193,12 +193,7 @@ def collapse_with_budget(
     }
     _set_provenance(current, report, metric, limit)
     if check and current is not model:
-        try:
-            check_light(current, full=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise UnsupportedModelError(
-                f"the folded model fails onnx.checker: {first_line(exc)}"
-            ) from exc
+        check_folded(current)
     report.params_after = parameter_count(current)
     report.nodes_after = len(current.graph.node)
     return CollapseResult(current, report, external)

@@ -99,17 +99,22 @@ def collapse(
         del graph  # its numpy copies of the weights are garbage now: free them before the check
         release_garbage()
         if check:
-            try:
-                check_light(result, full=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise UnsupportedModelError(
-                    "the folded model fails onnx.checker (is the input valid under "
-                    f"onnx.checker.check_model(full_check=True)?): {first_line(exc)}"
-                ) from exc
+            check_folded(result)
     report.notes.extend(refused)
     report.params_after = parameter_count(result)
     report.nodes_after = len(result.graph.node)
     return CollapseResult(result, report, external)
+
+
+def check_folded(model: onnx.ModelProto) -> None:
+    """onnx.checker's full check of a folded model (weightless), as one UnsupportedModelError."""
+    try:
+        check_light(model, full=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UnsupportedModelError(
+            "the folded model fails onnx.checker (is the input valid under "
+            f"onnx.checker.check_model(full_check=True)?): {first_line(exc)}"
+        ) from exc
 
 
 def analyze(
