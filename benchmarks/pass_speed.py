@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -466,16 +467,14 @@ def measure_lconnx(
     return row
 
 
-_STARTUP_S: list[float] = []
+@cache
+def _startup_s() -> float:
+    """The interpreter's start (``python -c pass``, fastest of 3), timed once per run."""
+    return min(run_child([sys.executable, "-c", "pass"], None, 60).wall_s for _ in range(3))
 
 
 def _floor(source: Path, written: Path, report: Path, settings: Settings) -> dict:
-    """The floor's steps, measured in a fresh process, plus the interpreter's start (timed
-    once: ``python -c pass``)."""
-    if not _STARTUP_S:
-        _STARTUP_S.append(
-            min(run_child([sys.executable, "-c", "pass"], None, 60).wall_s for _ in range(3))
-        )
+    """The floor's steps, measured in a fresh process, plus the interpreter's start."""
     if settings.idle_wait_s:
         wait_idle(settings.idle_wait_s)
     cmd = [sys.executable, str(HERE / "pass_floor.py"), str(source), str(written), str(report)]
@@ -483,7 +482,7 @@ def _floor(source: Path, written: Path, report: Path, settings: Settings) -> dic
     if measured.returncode != 0:
         raise RuntimeError(f"pass_floor.py failed: {measured.stderr.strip()[-500:]}")
     steps = json.loads(measured.stdout.strip().splitlines()[-1])
-    steps["startup"] = _STARTUP_S[0]
+    steps["startup"] = _startup_s()
     return {f"{k}_s": v for k, v in steps.items()} | {"total_s": sum(steps.values())}
 
 

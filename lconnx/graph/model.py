@@ -4,7 +4,7 @@ the model's parameter count. No decisions here, and nothing of reports."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from lconnx.errors import UnsupportedModelError
-from lconnx.files.external_data import expected_bytes, graphs_of, is_external, tensors_of
+from lconnx.files.external_data import expected_bytes, is_external, tensors_of
 from lconnx.files.skeleton import DATA_FIELDS
 from lconnx.graph.shapes import annotate, inferred_value_info, reinfer
 from lconnx.graph.subgraphs import nested_graphs
@@ -90,9 +90,9 @@ def _move_into(
 
     Its main-graph initializers that the result still reads stay in place (renamed if the
     export renamed them) and are put in the result's order; the others are dropped; the
-    result's new tensors, nodes and signatures are copied in. Stubs anywhere else (an If
-    body's own weights, a Constant node's value) are filled by copy first, while the
-    originals they point at still exist."""
+    result's new tensors, nodes and signatures are copied in. Every other stub (an If body's
+    own weights, a Constant node's value) is filled by copy first, while the originals it
+    points at still exist."""
     main = original.graph
     owned = {t.name for t in main.initializer}
     kept: dict[str, str] = {}  # original name → exported name
@@ -100,9 +100,8 @@ def _move_into(
         entry = originals.get(tensor.name)
         if entry is not None and _is_stub(tensor) and entry[1].tensor.name in owned:
             kept[entry[1].tensor.name] = tensor.name
-    exported = set(kept.values())
-    _fill_weights([t for t in result.graph.initializer if t.name not in exported], originals)
-    _fill_weights(_beyond_main_initializers(result), originals)
+    exported = set(kept.values())  # names are unique across scopes: no nested tensor has one
+    _fill_weights((t for t in tensors_of(result) if t.name not in exported), originals)
     for index in reversed(range(len(main.initializer))):
         if main.initializer[index].name not in kept:
             del main.initializer[index]
@@ -160,19 +159,6 @@ def _stub_weights(graph: gs.Graph) -> dict[str, tuple[gs.Constant, LazyValues]]:
             originals[constant.name] = (constant, values)
             constant._values = LazyValues(stub)
     return originals
-
-
-def _beyond_main_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model but the main graph's initializers: subgraph initializers and
-    Constant-style attributes, wherever they are."""
-    for depth, graph in enumerate(graphs_of(model)):
-        if depth:
-            yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
 
 
 def _fill_weights(

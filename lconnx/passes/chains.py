@@ -22,7 +22,7 @@ from lconnx.graph.subgraphs import outer_references
 from lconnx.graph.tensors import FLOAT_TYPES, elem_type_name
 from lconnx.passes.activations import Composite, find_composite, fused_activation
 from lconnx.passes.cost import ChainCost
-from lconnx.passes.linear import Linear, match_linear
+from lconnx.passes.linear import LINEAR_OPS, Linear, match_linear
 from lconnx.passes.middle import MIDDLE_OPS, Affine, match_middle
 from lconnx.passes.shape_readers import Rewire, input_side, rewires_for
 
@@ -104,7 +104,7 @@ def index_linears(graph: gs.Graph, facts: GraphFacts, convs: bool = False) -> di
 
     ``convs``: also pointwise Convs (channels on axis 1). Only the whole-block pass asks for
     them; the partial and affine-fit passes emit last-axis Gemm / MatMul layers only."""
-    ops = ("Gemm", "MatMul", "Conv") if convs else ("Gemm", "MatMul")
+    ops = LINEAR_OPS if convs else tuple(op for op in LINEAR_OPS if op != "Conv")
     found: dict[int, Linear] = {}
     for node in graph.nodes:
         if node.op in ops:

@@ -19,11 +19,9 @@ import onnx_graphsurgeon as gs
 from lconnx.errors import Rejection
 from lconnx.passes.activations import find_composite
 from lconnx.passes.chains import KNOWN_NONLINEAR, MAX_MIDDLE, GraphFacts, index_linears
-from lconnx.passes.linear import Linear, match_linear
+from lconnx.passes.linear import LINEAR_OPS, Linear, match_linear
 from lconnx.passes.middle import MIDDLE_OPS
 
-#: Ops a linear form can be read from.
-LINEAR_OPS = ("Gemm", "MatMul", "Conv")
 #: What a blocker op usually means, for the ops that end most paths in real models.
 _HINTS = {
     "Mul": "a gated MLP multiplies the activation by another projection: not collapsible",

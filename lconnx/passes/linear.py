@@ -79,6 +79,10 @@ class Linear:
         return np.broadcast_to((self.bias.array() * self.beta).reshape(-1), (n,)).copy()
 
 
+#: The ops ``match_linear`` reads as linear layers (a Conv only when pointwise).
+LINEAR_OPS = ("Gemm", "MatMul", "Conv")
+
+
 #: The domains whose ops mean what the ONNX spec says; a ``com.acme:Gemm`` is someone else's.
 ONNX_DOMAINS = ("", "ai.onnx")
 

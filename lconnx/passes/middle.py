@@ -23,7 +23,9 @@ from lconnx.errors import Rejection
 from lconnx.graph.tensors import const_ref
 from lconnx.passes.linear import foreign_op
 
-MIDDLE_OPS = ("PRelu", "LeakyRelu", "Identity", "Dropout", "BatchNormalization", "Reshape")
+#: The trainable slopes LayerCollapse drives to the identity.
+SLOPE_OPS = ("PRelu", "LeakyRelu")
+MIDDLE_OPS = (*SLOPE_OPS, "Identity", "Dropout", "BatchNormalization", "Reshape")
 
 
 @dataclass

@@ -42,13 +42,12 @@ from lconnx.passes.fold import (
     orphaned_producers,
     splice,
 )
-from lconnx.passes.middle import compose, slope_values
+from lconnx.passes.middle import SLOPE_OPS, compose, slope_values
 from lconnx.passes.report import Site
 
 SUFFIX = "/lconnx_partial"
 #: The partial pass's rules: the structure, middles read as affine maps (slopes unjudged).
 PARTIAL_RULES: tuple[Rule, ...] = (*STRUCTURE, middles_affine(None))
-_SLOPE_OPS = ("PRelu", "LeakyRelu")
 #: Per-unit affine (or identity) ops that may sit around the activation.
 _AFFINE_OPS = ("Identity", "Dropout", "BatchNormalization")
 
@@ -151,10 +150,10 @@ def collapse_partially(
 
 def plan_partial(chain: Chain, tolerance: float, facts: GraphFacts) -> _Plan | str:
     """The split for a structurally foldable ``chain``, or why it does not fold partially."""
-    acts = [n for n in chain.middle if n.op in _SLOPE_OPS]
+    acts = [n for n in chain.middle if n.op in SLOPE_OPS]
     if len(acts) != 1:
         return f"needs one PRelu / LeakyRelu between the linears, found {len(acts)}"
-    others = [n.op for n in chain.middle if n.op not in _SLOPE_OPS and n.op not in _AFFINE_OPS]
+    others = [n.op for n in chain.middle if n.op not in SLOPE_OPS and n.op not in _AFFINE_OPS]
     if others:
         return f"{others[0]} between the linears is not supported"
     act = acts[0]

@@ -14,18 +14,15 @@ from collections import defaultdict
 import onnx_graphsurgeon as gs
 
 from lconnx.passes.chains import GraphFacts
-from lconnx.passes.linear import Linear, match_linear
-
-#: The activations LayerCollapse trains towards the identity.
-SLOPE_OPS = ("PRelu", "LeakyRelu")
-_LINEAR_OPS = ("Gemm", "MatMul", "Conv")
+from lconnx.passes.linear import LINEAR_OPS, Linear, match_linear
+from lconnx.passes.middle import SLOPE_OPS
 
 
 def refused_linear_notes(graph: gs.Graph, facts: GraphFacts) -> list[str]:
     """One note per reason: how many refused linears sit beside a slope, the first by name."""
     by_reason: dict[str, list[str]] = defaultdict(list)
     for node in graph.nodes:
-        if node.op not in _LINEAR_OPS or not _beside_a_slope(node):
+        if node.op not in LINEAR_OPS or not _beside_a_slope(node):
             continue
         match = match_linear(node, facts.inputs, facts.outputs)
         if not isinstance(match, Linear):
