@@ -548,25 +548,33 @@ def _derived(row: dict) -> dict:
     }
 
 
+def _ratio_goal(rows: list[dict], key: str, limit: float, goal: str) -> list[dict]:
+    """A goal on one of lconnx's ratios (``key``), over the rows that measured it."""
+    measured = [r for r in rows if key in r["lconnx"]]
+    if not measured:
+        return []
+    worst = max(measured, key=lambda r: r["lconnx"][key])
+    detail = ", ".join(f"{r['graph']}: {r['lconnx'][key]:.2f}×" for r in measured)
+    return [
+        {
+            "goal": goal,
+            "met": all(r["lconnx"][key] <= limit for r in measured),
+            "detail": f"{detail} (worst: {worst['graph']})",
+        }
+    ]
+
+
 def goals(rows: list[dict]) -> list[dict]:
     """Each goal with its verdict and the numbers behind it."""
     out = []
     ok = [r for r in rows if "error" not in r["lconnx"]]
     heavy = [r for r in ok if r.get("blocks")]  # the weight-heavy graphs the goals are set on
-    timed = [r for r in heavy if "floor_ratio" in r["lconnx"]]
-    if timed:
-        worst = max(timed, key=lambda r: r["lconnx"]["floor_ratio"])
-        out.append(
-            {
-                "goal": f"the pass within {GOAL_FLOOR_RATIO:g} × its floor (load, float64 "
-                "products, save, imports)",
-                "met": all(r["lconnx"]["floor_ratio"] <= GOAL_FLOOR_RATIO for r in timed),
-                "detail": ", ".join(
-                    f"{r['graph']}: {r['lconnx']['floor_ratio']:.2f}×" for r in timed
-                )
-                + f" (worst: {worst['graph']})",
-            }
-        )
+    out += _ratio_goal(
+        heavy,
+        "floor_ratio",
+        GOAL_FLOOR_RATIO,
+        f"the pass within {GOAL_FLOOR_RATIO:g} × its floor (load, float64 products, save, imports)",
+    )
     if heavy:
         worst = max(heavy, key=lambda r: r["peak_ratio"])
         out.append(
@@ -577,20 +585,13 @@ def goals(rows: list[dict]) -> list[dict]:
                 "detail": f"worst {worst['peak_ratio']:.2f} × ({worst['graph']})",
             }
         )
-    checked = [r for r in heavy if "verify_ratio" in r["lconnx"]]
-    if checked:
-        worst = max(checked, key=lambda r: r["lconnx"]["verify_ratio"])
-        out.append(
-            {
-                "goal": f"optimize with its default verification within {GOAL_VERIFY_RATIO:g} "
-                "× the --no-verify time",
-                "met": all(r["lconnx"]["verify_ratio"] <= GOAL_VERIFY_RATIO for r in checked),
-                "detail": ", ".join(
-                    f"{r['graph']}: {r['lconnx']['verify_ratio']:.2f}×" for r in checked
-                )
-                + f" (worst: {worst['graph']})",
-            }
-        )
+    out += _ratio_goal(
+        heavy,
+        "verify_ratio",
+        GOAL_VERIFY_RATIO,
+        f"optimize with its default verification within {GOAL_VERIFY_RATIO:g} × the "
+        "--no-verify time",
+    )
     tf = [r for r in heavy if r.get("synthetic", True)]
     small = [r for r in ok if not r.get("blocks")]
     for series, unit in ((tf, "block"), (small, "1k nodes")):
