@@ -22,7 +22,7 @@ SGD with the rate decayed to 0 by a cosine over the run (what a real recipe does
 method:
 
 * ``none``: no regulariser (tells which settings diverge anyway);
-* ``band``: ``LayerCollapseRegularizer(model, deadline_steps=0.7·STEPS)`` attached to the
+* ``band``: ``LayerCollapseRegularizer(model, deadline_steps=0.3·STEPS)`` attached to the
   optimiser (the README recipe);
 * ``lambda=λ`` for λ ∈ {0.01, 1, 10}: the coupled penalty at constant strength;
 * ``old recipe``: the former README recipe, coupled ``strength=1e-2``, linear warm-up over 100.
@@ -78,7 +78,7 @@ STEPS = 600
 TAIL_FRACTION = 0.1  # the last 10% of steps: their test scores give the tail score and spread
 BATCH = 64
 TOLERANCE = 0.05
-DEADLINE_FRACTION = 0.7
+DEADLINE_FRACTION = 0.3
 DATASETS = ["breast_cancer", "wine", "digits", "diabetes"]
 OPTIMISERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
     "Adam 1e-4": lambda g: torch.optim.Adam(g, lr=1e-4),
@@ -867,7 +867,7 @@ def main() -> None:
         type=float,
         nargs="+",
         help="sweep the band's deadline at these fractions of the run (one band per fraction; "
-        "no old recipe); default: one band at 0.7",
+        "no old recipe); default: one band at 0.3",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="worker processes, one thread each (default 1)"

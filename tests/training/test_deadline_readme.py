@@ -68,7 +68,7 @@ def test_readme_recipe_collapses_completely(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     reg = namespace["reg"]
-    assert reg.deadline_steps == int(0.7 * 20 * len(loader))
+    assert reg.deadline_steps == int(0.3 * 20 * len(loader))
     assert reg.report().max_deviation == 0.0
 
     proc = subprocess.run(

@@ -77,14 +77,15 @@ def test_trainer_deadline_collapses_every_block_and_logs_slopes(tmp_path):
     trainer.train()
 
     reg = callback.regularizer
-    assert reg is not None and reg.deadline_steps == 7 and reg.current_step == 10
+    assert reg is not None and reg.deadline_steps == 3 and reg.current_step == 10
     assert all(float(s.detach()) == 1.0 for s in slopes)  # the band ended them at exactly 1
     decayed = [g for g in trainer.optimizer.param_groups if g["weight_decay"] > 0]
     assert not any(p is s for g in decayed for p in g["params"] for s in slopes)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert [h["step"] for h in logged] == [2, 4, 6, 8, 10]
-    # the band's half-width shrinks linearly from the initial gap 0.99 to 0 at step 7
-    assert logged[0]["collapse/max_dev"] == pytest.approx(0.99 * 5 / 7, abs=1e-6)
+    # the default deadline is 30% of max_steps: the band's half-width shrinks linearly from
+    # the initial gap 0.99 to 0 at step 3
+    assert logged[0]["collapse/max_dev"] == pytest.approx(0.99 * 1 / 3, abs=1e-6)
     assert logged[-1]["collapse/max_dev"] == 0.0
     assert logged[-1]["collapse/linear_blocks"] == 2.0
     assert "collapse/dev/bert.encoder.layer.0.intermediate.intermediate_act_fn" in logged[-1]
