@@ -124,9 +124,10 @@ def progressive_collapse(
 
     ``deadline_steps``: the block's slopes are exactly 1 after that many optimiser steps
     (counted by a global optimiser post-step hook, so every ``optimizer.step()`` in the
-    process counts); about 30% of ``epochs_per_block`` times the batches per epoch leaves the
-    rest for recovery (README, *Where to put the deadline*). ``strength``: the paper's
-    penalty, through gradient hooks. Give either or both.
+    process counts), a fraction of ``epochs_per_block`` times the batches per epoch that
+    leaves the rest for recovery. For one band over a whole run 30% measured best (README,
+    *Where to put the deadline*); the project's progressive benchmarks used 70% per block.
+    ``strength``: the paper's penalty, through gradient hooks. Give either or both.
 
     ``evaluate(model)`` returns held-out accuracy (any higher-is-better score); each step then
     records what its block cost. With ``max_accuracy_drop``, a fold that takes accuracy more
