@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per model and batch")
     args = parser.parse_args()
+    if not 0.0 < args.deadline <= 1.0:
+        parser.error(f"--deadline must be in (0, 1], got {args.deadline:g}")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -50,3 +50,18 @@ def test_demo_collapses_the_regularized_block_and_keeps_accuracy(tmp_path):
     assert "held-out accuracy" in text and "against the ReLU model the demo started" in text
     for plot in ("latency.png", "speedup.png", "savings.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 0
+
+
+@pytest.mark.parametrize("deadline", ["0", "1.5"])
+def test_demo_rejects_a_deadline_outside_the_run(tmp_path, deadline):
+    pytest.importorskip("torch")
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "models" / "demo.py"), "--out", str(out),
+         "--deadline", deadline],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.endswith(f"--deadline must be in (0, 1], got {deadline}")
+    assert "Traceback" not in proc.stderr and not out.exists()
