@@ -150,7 +150,6 @@ def _optimize_file(
         except LconnxError as exc:
             if exc not in refused:
                 raise
-        timings.phases["save"] -= timings.phases.get("verify", 0.0)
     failure = refused[0] if refused else None
     verification = verified[0] if verified else None
     output_data = lconnx_data_files(Path(args.output)) if failure is None else set()

@@ -66,18 +66,26 @@ def files_bytes(paths: list[Path]) -> int:
 
 @dataclass
 class Timings:
-    """Wall seconds per phase, in the order they ran."""
+    """Wall seconds per phase, in the order they ran. A phase that runs inside another
+    (verification inside the save that calls it) counts only for itself: the outer phase
+    records its own time without the inner one's, so the phases add up to the work done."""
 
     phases: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    _nested: list[float] = field(default_factory=list, repr=False)  # inner time, per open phase
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         begin = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - begin
+            elapsed = time.perf_counter() - begin
+            inner = self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
+            self.phases[name] = self.phases.get(name, 0.0) + elapsed - inner
 
     def to_dict(self) -> dict[str, float]:
         total = time.perf_counter() - self.started
