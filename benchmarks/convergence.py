@@ -634,32 +634,25 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Per setting (score, * = collapsed, ! = diverged)",
         "",
-        "| data | mode | optimiser | seed | " + " | ".join(METHODS) + " |",
-        "|---|---|---|---|" + "---|" * len(METHODS),
-    ]
-    rows: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    for r in result["runs"]:
-        rows.setdefault((r["dataset"], r["mode"], r["optimiser"], r["seed"]), {})[r["method"]] = r
-
-    def cell(r: dict[str, Any]) -> str:
-        if r["diverged"]:
-            return "!"
-        return f"{r['score']:.1f}{'*' if r['collapsed'] else ''}"
-
-    for (d, mode, opt, seed), ms in rows.items():
-        lines.append(
-            f"| {d} | {mode} | {opt} | {seed} | " + " | ".join(cell(ms[m]) for m in METHODS) + " |"
-        )
-    lines += [
+        *per_setting_table(result, METHODS, tail=False),
         "",
-        f"Machine: {cfg['machine']}; total {result['seconds']:.0f} s; load average at start "
-        f"{result['load_start']}, at end {result['load_end']} (2 cores shared with other jobs).",
+        machine_line(result),
         "",
     ]
     return "\n".join(lines)
 
 
-def per_setting_table(result: dict[str, Any], methods: list[str]) -> list[str]:
+def machine_line(result: dict[str, Any]) -> str:
+    return (
+        f"Machine: {result['config']['machine']}; total {result['seconds']:.0f} s; load average "
+        f"at start {result['load_start']}, at end {result['load_end']} (2 cores shared with "
+        "other jobs)."
+    )
+
+
+def per_setting_table(result: dict[str, Any], methods: list[str], *, tail: bool) -> list[str]:
+    """One row per setting, one cell per method: the final score, ``*`` when it collapsed,
+    ``!`` when it diverged; with ``tail``, the tail score in brackets."""
     lines = [
         "| data | mode | optimiser | seed | " + " | ".join(methods) + " |",
         "|---|---|---|---|" + "---|" * len(methods),
@@ -671,7 +664,8 @@ def per_setting_table(result: dict[str, Any], methods: list[str]) -> list[str]:
     def cell(r: dict[str, Any]) -> str:
         if r["diverged"]:
             return "!"
-        return f"{r['score']:.1f}{'*' if r['collapsed'] else ''} ({r['tail_score']:.1f})"
+        final = f"{r['score']:.1f}{'*' if r['collapsed'] else ''}"
+        return f"{final} ({r['tail_score']:.1f})" if tail else final
 
     for (d, mode, opt, seed), ms in rows.items():
         lines.append(
@@ -846,10 +840,9 @@ def markdown_sweep(result: dict[str, Any]) -> str:
         "",
         "## Per setting (final score, * = collapsed, ! = diverged; tail score in brackets)",
         "",
-        *per_setting_table(result, methods),
+        *per_setting_table(result, methods, tail=True),
         "",
-        f"Machine: {cfg['machine']}; total {result['seconds']:.0f} s; load average at start "
-        f"{result['load_start']}, at end {result['load_end']} (2 cores shared with other jobs).",
+        machine_line(result),
         "",
     ]
     return "\n".join(lines)
