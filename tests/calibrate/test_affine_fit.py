@@ -6,16 +6,13 @@ import math
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from graphs import init, model, rand, run
 from onnx import TensorProto, helper
+from pass_graphs import export_folded, normal_feeds, pass_view
 
 from lconnx.calibrate.affine_fit import FitStats, calibrate, fit_candidates, fold_fitted
-from lconnx.graph.model import export_graph, import_graph
-from lconnx.passes.chains import GraphFacts
 from lconnx.passes.fold import Names
-from lconnx.passes.report import Report
 
 F = TensorProto.FLOAT
 
@@ -119,15 +116,6 @@ def act_mlp(
     return model(nodes, inits, [("x", F, ["N", d])], [("y", F, ["N", out])], opset=opset)
 
 
-def _graph(m: onnx.ModelProto) -> tuple[gs.Graph, GraphFacts]:
-    graph = import_graph(m)
-    return graph, GraphFacts.of(graph, {vi.name for vi in m.graph.input})
-
-
-def _feeds(n: int = 256, d: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)}
-
-
 LABELS = {
     "Relu": "Relu",
     "Gelu": "Gelu",
@@ -141,7 +129,7 @@ LABELS = {
 
 @pytest.mark.parametrize("kind", list(LABELS))
 def test_each_activation_form_is_recognised(kind):
-    graph, facts = _graph(act_mlp(kind))
+    graph, facts = pass_view(act_mlp(kind))
     sites, skipped = fit_candidates(graph, facts)
     assert [s.label for s in sites] == [LABELS[kind]], _reasons(skipped)
     site = sites[0]
@@ -152,13 +140,13 @@ def test_each_activation_form_is_recognised(kind):
 def test_folded_fit_reproduces_the_fitted_lines_in_onnxruntime(kind):
     """After the fold, onnxruntime computes ``(α·z + β)·W2 + b2`` for every form."""
     m = act_mlp(kind)
-    feeds = _feeds()
-    graph, facts = _graph(m)
+    feeds = normal_feeds()
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
     fits = calibrate(m, sites, feeds, threads=1)
     fit = fits[sites[0].key]
     assert fold_fitted(graph, facts, Names.of(graph), fits) == [sites[0].key]
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
+    folded = export_folded(graph, m)
     onnx.checker.check_model(folded, full_check=True)
     assert sum(n.op_type in ("MatMul", "Gemm") for n in folded.graph.node) == 1
     x = feeds["x"].astype(np.float64)
@@ -172,30 +160,30 @@ def test_fit_is_exact_where_the_activation_is_affine_on_the_data():
     """Relu with every pre-activation positive is the identity there: α = 1, β = 0 exactly,
     and the folded model's outputs equal the original's."""
     m = act_mlp("Relu", bias_shift=100.0)
-    feeds = _feeds()
-    graph, facts = _graph(m)
+    feeds = normal_feeds()
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
     fit = calibrate(m, sites, feeds, threads=1)[sites[0].key]
     assert np.array_equal(fit.scale, np.ones(32)) and np.array_equal(fit.shift, np.zeros(32))
     assert fit.residual == 0.0 and np.all(fit.r2 == 1.0)
     fold_fitted(graph, facts, Names.of(graph), {sites[0].key: fit})
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
+    folded = export_folded(graph, m)
     np.testing.assert_allclose(run(folded, feeds)[0], run(m, feeds)[0], rtol=1e-5, atol=1e-3)
 
 
 def test_leaky_relu_on_its_negative_side_fits_its_slope():
     m = act_mlp("LeakyRelu", bias_shift=-100.0)
-    graph, facts = _graph(m)
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
-    fit = calibrate(m, sites, _feeds(), threads=1)[sites[0].key]
+    fit = calibrate(m, sites, normal_feeds(), threads=1)[sites[0].key]
     np.testing.assert_allclose(fit.scale, 0.2, rtol=1e-5)
     np.testing.assert_allclose(fit.shift, 0.0, atol=1e-3)
 
 
 def test_relu_on_both_sides_fits_poorly_and_says_so():
-    graph, facts = _graph(act_mlp("Relu"))
+    graph, facts = pass_view(act_mlp("Relu"))
     sites, _ = fit_candidates(graph, facts)
-    fit = calibrate(act_mlp("Relu"), sites, _feeds(), threads=1)[sites[0].key]
+    fit = calibrate(act_mlp("Relu"), sites, normal_feeds(), threads=1)[sites[0].key]
     summary = fit.summary()
     assert summary["rows"] == 256
     assert summary["r2_median"] < 0.9 and summary["variance_lost"] > 0.05
@@ -228,7 +216,7 @@ def test_a_unit_whose_input_never_varies_gets_its_mean():
 
 
 def test_unprofitable_and_shared_sites_are_not_candidates():
-    graph, facts = _graph(act_mlp("Relu", d=8, h=2))  # 8→2→8: merged 8×8 > 8×2 + 2×8
+    graph, facts = pass_view(act_mlp("Relu", d=8, h=2))  # 8→2→8: merged 8×8 > 8×2 + 2×8
     sites, skipped = fit_candidates(graph, facts)
     reasons = _reasons(skipped)
     assert not sites and any(r.startswith("not profitable") for r in reasons if r)
@@ -236,7 +224,7 @@ def test_unprofitable_and_shared_sites_are_not_candidates():
     m = act_mlp("Relu")
     m.graph.node.append(helper.make_node("Identity", ["z0"], ["tap"], name="tap"))
     m.graph.output.append(helper.make_tensor_value_info("tap", F, None))
-    graph, facts = _graph(m)
+    graph, facts = pass_view(m)
     sites, skipped = fit_candidates(graph, facts)
     reasons = _reasons(skipped)
     assert not sites and "hidden tensor 'z0' is read outside the block" in reasons
@@ -254,17 +242,17 @@ def test_a_non_activation_middle_is_not_a_candidate():
         [("x", F, ["N", 8])],
         [("y", F, ["N", 8])],
     )
-    graph, facts = _graph(m)
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
     assert sites == []  # Softmax mixes units: not even walked through as a middle op
 
 
 def test_calibration_in_batches_equals_one_pass():
     m = act_mlp("silu")
-    graph, facts = _graph(m)
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
-    whole = calibrate(m, sites, _feeds(), chunk=0, threads=1)[sites[0].key]
-    batched = calibrate(m, sites, _feeds(), chunk=7, threads=1)[sites[0].key]
+    whole = calibrate(m, sites, normal_feeds(), chunk=0, threads=1)[sites[0].key]
+    batched = calibrate(m, sites, normal_feeds(), chunk=7, threads=1)[sites[0].key]
     assert batched.rows == whole.rows == 256
     np.testing.assert_allclose(batched.scale, whole.scale, rtol=1e-9)
     np.testing.assert_allclose(batched.shift, whole.shift, rtol=1e-9, atol=1e-12)

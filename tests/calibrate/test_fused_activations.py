@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from graphs import init, rand, run
 from onnx import TensorProto, helper
+from pass_graphs import export_folded, normal_feeds, pass_view
 
 from lconnx import collapse, collapse_with_budget
 from lconnx.calibrate.affine_fit import calibrate, fit_candidates, fold_fitted
-from lconnx.graph.model import export_graph, import_graph
-from lconnx.passes.chains import GraphFacts
 from lconnx.passes.fold import Names
-from lconnx.passes.report import Report
 
 F = TensorProto.FLOAT
 MS = "com.microsoft"
@@ -61,18 +58,9 @@ def fused_mlp(
     return m
 
 
-def _graph(m: onnx.ModelProto) -> tuple[gs.Graph, GraphFacts]:
-    graph = import_graph(m)
-    return graph, GraphFacts.of(graph, {vi.name for vi in m.graph.input})
-
-
-def _feeds(n: int = 256, d: int = 8) -> dict[str, np.ndarray]:
-    return {"x": np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)}
-
-
 @pytest.mark.parametrize("op", list(FUSED))
 def test_each_fused_activation_is_a_fit_site(op):
-    graph, facts = _graph(fused_mlp(op))
+    graph, facts = pass_view(fused_mlp(op))
     sites, skipped = fit_candidates(graph, facts)
     assert [s.label for s in sites] == [f"{MS}:{op}"], _reasons(skipped)
     assert (sites[0].pre, sites[0].post, sites[0].hidden) == ("z", "a", 32)
@@ -83,13 +71,13 @@ def test_folded_fused_fit_reproduces_the_fitted_lines_in_onnxruntime(op):
     """The fused bias belongs to the first linear: the fit's shift takes it in, and the folded
     model computes ``(α·(x·W0) + β)·W1 + b1`` with no trace of the bias tensor left."""
     m = fused_mlp(op)
-    feeds = _feeds()
-    graph, facts = _graph(m)
+    feeds = normal_feeds()
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
     fits = calibrate(m, sites, feeds, threads=1)
     fit = fits[sites[0].key]
     assert fold_fitted(graph, facts, Names.of(graph), fits) == [sites[0].key]
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
+    folded = export_folded(graph, m)
     assert [n.op_type for n in folded.graph.node] == ["Gemm"]
     assert {t.name for t in folded.graph.initializer}.isdisjoint({"W0", "W1", "b0", "b1"})
     w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
@@ -110,7 +98,7 @@ def test_the_exact_pass_never_reads_a_fused_activation(op):
 
 
 def test_a_fused_activation_whose_bias_is_a_graph_input_is_not_fitted():
-    graph, facts = _graph(fused_mlp("BiasGelu", runtime_bias=True))
+    graph, facts = pass_view(fused_mlp("BiasGelu", runtime_bias=True))
     sites, skipped = fit_candidates(graph, facts)
     assert sites == []
     assert _reasons(skipped) == ["BiasGelu reads 'b0', which is not a constant"]
@@ -119,7 +107,7 @@ def test_a_fused_activation_whose_bias_is_a_graph_input_is_not_fitted():
 def test_a_foreign_op_with_an_onnx_name_is_not_an_activation():
     """``com.acme:Relu`` is walked by its name, but only ONNX-domain ops and onnxruntime's
     known fused ops are read as activations."""
-    graph, facts = _graph(fused_mlp("Relu", domain="com.acme"))
+    graph, facts = pass_view(fused_mlp("Relu", domain="com.acme"))
     sites, skipped = fit_candidates(graph, facts)
     assert sites == []
     assert _reasons(skipped) == ["com.acme:Relu is not an ONNX-domain op"]
@@ -128,7 +116,7 @@ def test_a_foreign_op_with_an_onnx_name_is_not_an_activation():
 def test_the_budget_pass_takes_a_fused_site():
     """The exact pass found no site (its note said so); the fitted pass takes this one (a
     refused one is in ``test_budget_reasons``)."""
-    result = collapse_with_budget(fused_mlp("BiasGelu"), _feeds(), max_embedding_error=1.0)
+    result = collapse_with_budget(fused_mlp("BiasGelu"), normal_feeds(), max_embedding_error=1.0)
     (site,) = result.report.sites
     assert site.folded and site.reason.startswith(f"affine fit of {MS}:BiasGelu (median unit R²")
     assert site.ops == ["MatMul", "BiasGelu", "MatMul", "Add"]
@@ -195,7 +183,7 @@ def test_bert_fused_by_onnxruntime_folds_to_the_fits_prediction(ort_bert):
     at each site ``((x·W1)·α + β)·W2`` from the site's own input ``x`` in the folded model."""
     m, fused = ort_bert
     assert sum(n.op_type == fused and n.domain == MS for n in m.graph.node) == 2
-    graph, facts = _graph(m)
+    graph, facts = pass_view(m)
     sites, _ = fit_candidates(graph, facts)
     assert [s.label for s in sites] == [f"{MS}:{fused}"] * 2
     feeds = _token_feeds()
@@ -209,7 +197,7 @@ def test_bert_fused_by_onnxruntime_folds_to_the_fits_prediction(ort_bert):
         for key, (first, second, _, _) in ends.items()
     }
     assert sorted(fold_fitted(graph, facts, Names.of(graph), fits)) == sorted(fits)
-    folded = export_graph(graph, m, Report(tolerance=0.0, allow_growth=False).provenance())
+    folded = export_folded(graph, m)
     assert not any(n.op_type == fused for n in folded.graph.node)
     probes = [(name, F) for _, _, x, y in ends.values() for name in (x, y)]
     probe = folded.__class__()

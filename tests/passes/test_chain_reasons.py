@@ -7,10 +7,9 @@ import numpy as np
 import onnx
 from graphs import init, mlp_gemm, rand
 from onnx import TensorProto, helper
+from pass_graphs import pass_view
 
-from lconnx.graph.model import import_graph
 from lconnx.passes.chains import (
-    GraphFacts,
     decide,
     find_chains,
     index_linears,
@@ -21,8 +20,7 @@ F = TensorProto.FLOAT
 
 
 def _reasons(m: onnx.ModelProto) -> list[str | None]:
-    graph = import_graph(m)
-    facts = GraphFacts.of(graph, {vi.name for vi in m.graph.input})
+    graph, facts = pass_view(m)
     chains = find_chains(index_linears(graph, facts, convs=True), facts)
     return [
         c.rejection.reason if c.rejection else None
