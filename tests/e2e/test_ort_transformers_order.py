@@ -3,30 +3,18 @@ onnxruntime's transformer optimizer fold every FFN and keep every fusion, output
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import run_benchmark
 
 
 @pytest.mark.slow
 def test_both_orders_fold_and_fuse(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("onnxruntime.transformers.optimizer")
-    script = ROOT / "benchmarks" / "ort_transformers_order.py"
     args = ["--layers", "1", "--seq", "16", "--repeat", "1", "--exporters", "torchscript"]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (rec,) = json.loads((tmp_path / "ort_transformers_order.json").read_text())["exporters"]
+    (rec,) = run_benchmark("ort_transformers_order", args, tmp_path)["exporters"]
     steps = rec["steps"]
     assert steps["lconnx"]["folded"] == steps["ORT → lconnx"]["folded"] == 1
     assert steps["ORT"]["fused"] == steps["lconnx → ORT"]["fused"]

@@ -6,12 +6,11 @@ accuracy figures, which need the full run's epochs.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -38,20 +37,7 @@ def _require_data() -> None:
 @pytest.mark.slow
 def test_quick_table_has_every_row_with_sane_fields(tmp_path: Path) -> None:
     _require_data()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "paper_table.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "paper_table.json").read_text())
+    result = run_benchmark("paper_table", ["--quick"], tmp_path)
     assert result["settings"]["quick"] is True
     rows = {row["key"]: row for row in result["rows"]}
     assert list(rows) == ["vgg", "mixer", "vit", "minilm"]

@@ -3,30 +3,18 @@ timed against the GELU original; the fold is exact and int8 stays close to its f
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import run_benchmark
 
 
 @pytest.mark.slow
 def test_int8_collapse_and_both_against_the_gelu_original(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("onnxruntime.quantization")
-    script = ROOT / "benchmarks" / "quantize_bert.py"
     args = ["--layers", "1", "--seq", "16", "--batches", "1", "--repeat", "2", "--threads", "1"]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "quantize_bert.json").read_text())
+    result = run_benchmark("quantize_bert", args, tmp_path)
     assert result["fold"] == {"sites": 1, "folded": 1}
     timings = result["bench"]["timings"]
     names = ["GELU original", "GELU int8", "PReLU original", "collapsed", "collapsed+int8"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -49,15 +48,7 @@ def test_quick_run_collapses_and_folds(tmp_path: Path) -> None:
 
     if not any(tg.FORTUNES.glob("*")):
         pytest.skip(f"no fortunes in {tg.FORTUNES} (apt-get install fortunes)")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "text_generation.py"), "--quick"]
-        + ["--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "text_generation.json").read_text())
+    result = run_benchmark("text_generation", ["--quick"], tmp_path)
     by = {v["variant"]: v for v in result["variants"]}
     assert list(by) == ["vanilla", "LC k=1"]
     assert by["vanilla"]["fold"]["folded"] == 0
