@@ -7,10 +7,9 @@ import numpy as np
 import onnx
 from graphs import init, rand
 from onnx import TensorProto, helper
+from pass_graphs import pass_view
 
 from lconnx.calibrate.affine_fit import fit_candidates
-from lconnx.graph.model import import_graph
-from lconnx.passes.chains import GraphFacts
 
 F = TensorProto.FLOAT
 H = 32
@@ -34,8 +33,7 @@ def _model(middle: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.
 
 
 def _reasons(m: onnx.ModelProto) -> list[str | None]:
-    graph = import_graph(m)
-    sites, skipped = fit_candidates(graph, GraphFacts.of(graph, {"x"}))
+    sites, skipped = fit_candidates(*pass_view(m))
     assert sites == []
     return [c.rejection.reason for c in skipped if c.rejection is not None]
 

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 from graphs import init, rand
 from onnx import TensorProto, helper
+from pass_graphs import pass_view
 
-from lconnx.graph.model import import_graph
-from lconnx.passes.chains import GraphFacts, find_chains, index_linears
+from lconnx.passes.chains import find_chains, index_linears
 from lconnx.passes.partial import plan_partial
 
 F = TensorProto.FLOAT
@@ -35,8 +35,7 @@ def _reason(middle: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape
         [init("W0", rand(8, H)), init("W1", rand(H, 8)), *inits],
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    g = import_graph(m)
-    facts = GraphFacts.of(g, {"x", "s"})
+    g, facts = pass_view(m)  # declared inputs: x and s
     (chain,) = find_chains(index_linears(g, facts), facts)
     outcome = plan_partial(chain, 0.05, facts)
     assert isinstance(outcome, str)
