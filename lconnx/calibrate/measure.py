@@ -13,7 +13,7 @@ Metrics, both against the original model on the calibration data:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -44,13 +44,7 @@ class Measurement:
     uncounted: int = 0  # linear nodes whose shapes the count could not see (flops: a floor)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "embedding_error": self.embedding_error,
-            "accuracy": self.accuracy,
-            "flops": self.flops,
-            "uncounted": self.uncounted,
-        }
+        return asdict(self)
 
 
 def embedding_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
